@@ -1,0 +1,123 @@
+"""Engine, sessions, and what every table shares: id, timestamps, soft delete."""
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends
+from sqlalchemy import DateTime, Dialect, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.settings import settings
+
+# Stable constraint names, so Alembic can drop and alter them on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every database: SQLite stores no offset, so restore it on load."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: timestamps must carry a timezone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(SQLModel):
+    """Columns of every table. Rows are never removed, only marked `deleted`."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(
+        default_factory=utcnow,
+        sa_type=UTCDateTime,
+        nullable=False,
+        sa_column_kwargs={"onupdate": utcnow},
+    )
+    deleted: bool = Field(default=False, nullable=False)
+
+
+class RowOut(SQLModel):
+    """What every response shows of a row."""
+
+    id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+engine = create_async_engine(
+    settings.async_database_url,
+    **(
+        {"connect_args": {"timeout": 30}}
+        if settings.is_sqlite
+        else {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
+    ),
+)
+
+if settings.is_sqlite:
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_connect(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy emit BEGIN itself (below) instead of the driver's deferred one.
+        conn.isolation_level = None  # type: ignore[attr-defined]
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that later writes can fail
+        # with "database is locked" instead of waiting. Readers are not blocked in WAL mode.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+SessionMaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+async def get_session() -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the route returns, rolled back if it raises."""
+    async with SessionMaker() as session, session.begin():
+        yield session
+
+
+# scope="function": commit before the response is sent, so a 2xx means the data is stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def migrate_to_head() -> None:
+    """`alembic upgrade head` for the configured database (blocking; run it in a thread)."""
+    from alembic import command
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parent.parent
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
+    command.upgrade(config, "head")

@@ -1,0 +1,48 @@
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import StringConstraints
+from sqlalchemy import Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.db import Base, RowOut, UTCDateTime
+
+Body = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+
+class MessageBase(SQLModel):
+    body: Body
+    # Chosen by the client to make a send idempotent.
+    client_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class MessageRefs(SQLModel):
+    thread_id: int = Field(foreign_key="thread.id")
+    author_id: int = Field(foreign_key="user.id")
+    edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Message(MessageBase, MessageRefs, Base, table=True):
+    __table_args__ = (
+        # History pages walk this index; a page costs the same however long the thread.
+        Index("ix_message_thread_id_id", "thread_id", "id"),
+        # Idempotent send: the database refuses a second row, even under a race.
+        UniqueConstraint("thread_id", "author_id", "client_id"),
+    )
+
+
+class MessageCreate(MessageBase):
+    pass
+
+
+class MessageUpdate(SQLModel):
+    body: Body
+
+
+class MessageOut(MessageBase, MessageRefs, RowOut):
+    pass
+
+
+class MessagePage(SQLModel):
+    items: list[MessageOut]
+    has_more: bool

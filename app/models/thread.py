@@ -1,0 +1,61 @@
+from datetime import datetime
+
+from sqlalchemy import Index, text
+from sqlmodel import Field, SQLModel
+
+from app.db import Base, RowOut, UTCDateTime
+from app.models.user import UserPublic
+
+
+class ThreadBase(SQLModel):
+    title: str | None = Field(default=None, max_length=200)
+
+
+class Thread(ThreadBase, Base, table=True):
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    last_message_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Membership(Base, table=True):
+    """A user in a thread. Leaving soft-deletes the row; joining again adds a new one."""
+
+    thread_id: int = Field(foreign_key="thread.id")
+    user_id: int = Field(foreign_key="user.id")
+    # Messages up to this id are read; only ever moves forward.
+    last_read_message_id: int = 0
+
+    __table_args__ = (
+        Index(
+            "uq_membership_thread_user_live",
+            "thread_id",
+            "user_id",
+            unique=True,
+            sqlite_where=text("NOT deleted"),
+            postgresql_where=text("NOT deleted"),
+        ),
+        # The caller's threads.
+        Index("ix_membership_user_id_live", "user_id", postgresql_where=text("NOT deleted")),
+    )
+
+
+class ThreadCreate(ThreadBase):
+    member_ids: list[int] = Field(default_factory=list, max_length=1000)
+
+
+class ThreadUpdate(SQLModel):
+    title: str | None = Field(default=None, max_length=200)
+
+
+class ThreadOut(ThreadBase, RowOut):
+    owner_id: int
+    members: list[UserPublic]
+    last_message_at: datetime | None
+    unread_count: int
+
+
+class MemberAdd(SQLModel):
+    user_id: int
+
+
+class ReadMarker(SQLModel):
+    message_id: int = Field(ge=0)

