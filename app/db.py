@@ -52,7 +52,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(SQLModel):
     """Columns of every table. Rows are never removed, only marked `deleted`."""
 
-    id: int | None = Field(default=None, primary_key=True)
+    # None until the row is inserted; typed int so queries and responses need no checks.
+    id: int = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(
         default_factory=utcnow,

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import SessionMaker, engine, migrate_to_head
 from app.models.user import SCOPES, User
-from app.routers import auth, health, users
+from app.routers import auth, health, messages, threads, users
 from app.routers.users import find_by_email
 from app.security import hash_password
 from app.settings import settings
@@ -47,6 +47,6 @@ app = FastAPI(
 )
 
 api = APIRouter(prefix="/api")
-for module in (auth, users, health):
+for module in (auth, users, threads, messages, health):
     api.include_router(module.router)
 app.include_router(api)

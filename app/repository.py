@@ -37,7 +37,7 @@ def decode_cursor(cursor: str, keys: Sequence[ColumnElement[Any]]) -> list[Any]:
             raise ValueError
         values: list[Any] = []
         for key, value in zip(keys, raw, strict=True):
-            kind = key.type.python_type
+            kind = getattr(key.type, "impl", key.type).python_type  # see through UTCDateTime
             if kind is datetime:
                 values.append(datetime.fromisoformat(value))
             elif kind is int and type(value) is int:
@@ -86,6 +86,10 @@ class Repository(Generic[M]):
         """The statement every query starts from."""
         stmt = select(self.model)
         return stmt if include_deleted else stmt.where(self.model.deleted == false())
+
+    def select_with(self, *columns: Any) -> Any:
+        """`select()` with more columns: rows of (model, *columns)."""
+        return select(self.model, *columns).where(self.model.deleted == false())
 
     async def get(self, id: int) -> M | None:
         return (await self.session.exec(self.select().where(self.model.id == id))).first()

@@ -39,7 +39,7 @@ class Membership(Base, table=True):
 
 
 class ThreadCreate(ThreadBase):
-    member_ids: list[int] = Field(default_factory=list, max_length=1000)
+    member_ids: list[int] = Field(max_length=1000)
 
 
 class ThreadUpdate(SQLModel):

@@ -1,0 +1,223 @@
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+from httpx import AsyncClient
+from sqlalchemy import event
+
+from app.db import engine
+from app.main import app
+from tests.conftest import MakeUser, User, fetch
+from tests.test_threads import new_thread, send
+
+MESSAGE = {
+    "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at"
+}  # fmt: skip
+
+
+def messages_url(thread: Any) -> str:
+    return f"/api/threads/{thread['id']}/messages"
+
+
+async def test_send(client: AsyncClient, make_user: MakeUser) -> None:
+    me, other = await make_user(), await make_user()
+    thread = await new_thread(client, me, other)
+    r = await client.post(messages_url(thread), json={"body": "  hello  "}, headers=me.headers)
+    assert r.status_code == 201
+    message = r.json()
+    assert set(message) == MESSAGE
+    assert message["body"] == "hello" and message["author_id"] == me["id"]
+    assert message["thread_id"] == thread["id"]
+    assert message["edited_at"] is None and message["client_id"] is None
+    assert datetime.fromisoformat(message["created_at"]).utcoffset() is not None
+    listed = (await client.get(f"/api/threads/{thread['id']}", headers=other.headers)).json()
+    assert listed["last_message_at"] == message["created_at"]
+
+
+async def test_body_limits(client: AsyncClient, make_user: MakeUser) -> None:
+    me = await make_user()
+    url = messages_url(await new_thread(client, me))
+    ok = ["x", "é" * 4000, "  " + "y" * 4000 + "\n"]
+    for body in ok:
+        r = await client.post(url, json={"body": body}, headers=me.headers)
+        assert r.status_code == 201, len(body)
+        assert r.json()["body"] == body.strip()
+    for bad in ({"body": ""}, {"body": "   \n "}, {"body": "z" * 4001}, {}, {"body": 5}):
+        r = await client.post(url, json=bad, headers=me.headers)
+        assert r.status_code == 422, bad
+        assert isinstance(r.json()["detail"], list)
+    r = await client.post(url, json={"body": "x", "client_id": "c" * 101}, headers=me.headers)
+    assert r.status_code == 422
+
+
+async def test_same_client_id_returns_the_original(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    me, other = await make_user(), await make_user()
+    thread, second = await new_thread(client, me, other), await new_thread(client, me, other)
+    first = await client.post(
+        messages_url(thread), json={"body": "once", "client_id": "abc"}, headers=me.headers
+    )
+    assert first.status_code == 201 and first.json()["client_id"] == "abc"
+    again = await client.post(
+        messages_url(thread), json={"body": "twice?", "client_id": "abc"}, headers=me.headers
+    )
+    assert again.status_code == 200 and again.json() == first.json()
+    # Scoped per author and per thread.
+    r = await client.post(
+        messages_url(thread), json={"body": "b", "client_id": "abc"}, headers=other.headers
+    )
+    assert r.status_code == 201
+    r = await client.post(
+        messages_url(second), json={"body": "c", "client_id": "abc"}, headers=me.headers
+    )
+    assert r.status_code == 201
+    rows = await fetch("SELECT id FROM message WHERE client_id = 'abc'")
+    assert len(rows) == 3
+
+
+async def test_concurrent_repeats_make_one_row(client: AsyncClient, make_user: MakeUser) -> None:
+    me = await make_user()
+    thread = await new_thread(client, me)
+
+    # Separate clients: each request runs on its own database connection and transaction.
+    async def post(n: int) -> httpx.Response:
+        async with AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post(
+                messages_url(thread),
+                json={"body": f"try {n}", "client_id": "race"},
+                headers=me.headers,
+            )
+
+    answers = await asyncio.gather(*(post(n) for n in range(8)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] * 7 + [201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    rows = await fetch("SELECT id FROM message WHERE client_id = 'race'")
+    assert len(rows) == 1
+
+
+async def page(client: AsyncClient, user: User, thread: Any, **params: Any) -> Any:
+    r = await client.get(messages_url(thread), params=params, headers=user.headers)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"items", "has_more"}
+    return r.json()
+
+
+async def test_history_pages(client: AsyncClient, make_user: MakeUser) -> None:
+    me = await make_user()
+    thread = await new_thread(client, me)
+    ids = [(await send(client, me, thread["id"], f"m{n}"))["id"] for n in range(7)]
+
+    newest = await page(client, me, thread, limit=3)
+    assert [m["id"] for m in newest["items"]] == ids[4:] and newest["has_more"]
+    older = await page(client, me, thread, limit=3, before=ids[4])
+    assert [m["id"] for m in older["items"]] == ids[1:4] and older["has_more"]
+    oldest = await page(client, me, thread, limit=3, before=ids[1])
+    assert [m["id"] for m in oldest["items"]] == ids[:1] and not oldest["has_more"]
+    newer = await page(client, me, thread, limit=3, after=ids[0])
+    assert [m["id"] for m in newer["items"]] == ids[1:4] and newer["has_more"]
+    last = await page(client, me, thread, limit=3, after=ids[3])
+    assert [m["id"] for m in last["items"]] == ids[4:] and not last["has_more"]
+    everything = await page(client, me, thread)
+    assert [m["id"] for m in everything["items"]] == ids and not everything["has_more"]
+    assert (await page(client, me, thread, after=ids[-1]))["items"] == []
+
+    # Deleted messages are left out, and pages close over the gap.
+    await client.delete(f"{messages_url(thread)}/{ids[5]}", headers=me.headers)
+    newest = await page(client, me, thread, limit=3)
+    assert [m["id"] for m in newest["items"]] == [ids[3], ids[4], ids[6]]
+
+    for bad in ({"limit": 0}, {"limit": 201}, {"before": "x"}, {"before": ids[2], "after": ids[1]}):
+        r = await client.get(messages_url(thread), params=bad, headers=me.headers)
+        assert r.status_code == 422, bad
+
+
+async def test_pages_stay_inside_their_thread(client: AsyncClient, make_user: MakeUser) -> None:
+    me = await make_user()
+    a, b = await new_thread(client, me), await new_thread(client, me)
+    await send(client, me, a["id"], "in a")
+    in_b = await send(client, me, b["id"], "in b")
+    await send(client, me, a["id"], "in a again")
+    items = (await page(client, me, a))["items"]
+    assert [m["body"] for m in items] == ["in a", "in a again"]
+    assert all(m["id"] != in_b["id"] for m in (await page(client, me, a, after=0))["items"])
+
+
+async def test_edit(client: AsyncClient, make_user: MakeUser) -> None:
+    me, other = await make_user(), await make_user()
+    thread = await new_thread(client, me, other)
+    message = await send(client, me, thread["id"], "draft")
+    url = f"{messages_url(thread)}/{message['id']}"
+    assert (await client.patch(url, json={"body": "x"}, headers=other.headers)).status_code == 403
+    assert (await client.patch(url, json={"body": "  "}, headers=me.headers)).status_code == 422
+    r = await client.patch(
+        url, json={"body": " final ", "author_id": other["id"]}, headers=me.headers
+    )
+    assert r.status_code == 200
+    edited = r.json()
+    assert edited["body"] == "final" and edited["edited_at"] is not None
+    assert edited["author_id"] == me["id"] and edited["created_at"] == message["created_at"]
+    other_thread = await new_thread(client, me)
+    wrong = f"{messages_url(other_thread)}/{message['id']}"
+    assert (await client.patch(wrong, json={"body": "x"}, headers=me.headers)).status_code == 404
+    await client.delete(url, headers=me.headers)
+    assert (await client.patch(url, json={"body": "x"}, headers=me.headers)).status_code == 404
+
+
+async def test_delete_rules(client: AsyncClient, make_user: MakeUser) -> None:
+    owner, author, bystander = await make_user(), await make_user(), await make_user()
+    admin = await make_user(scopes=["regular", "admin"])
+    thread = await new_thread(client, owner, author, bystander, admin)
+    tid = thread["id"]
+    m1, m2, m3 = [await send(client, author, tid, f"m{n}") for n in range(3)]
+    url = messages_url(thread)
+    assert (await client.delete(f"{url}/{m1['id']}", headers=bystander.headers)).status_code == 403
+    assert (await client.delete(f"{url}/{m1['id']}", headers=author.headers)).status_code == 204
+    assert (await client.delete(f"{url}/{m1['id']}", headers=author.headers)).status_code == 404
+    assert (await client.delete(f"{url}/{m2['id']}", headers=owner.headers)).status_code == 204
+    assert (await client.delete(f"{url}/{m3['id']}", headers=admin.headers)).status_code == 204
+    assert (await page(client, owner, thread))["items"] == []
+    rows = await fetch("SELECT deleted FROM message WHERE thread_id = :t", t=tid)
+    assert [d for (d,) in rows] == [True, True, True]
+
+
+@contextmanager
+def count_statements() -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_statement_counts_do_not_grow_with_page_size(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    me, *others = [await make_user() for _ in range(4)]
+    threads = [await new_thread(client, me, *others) for _ in range(12)]
+    for t in threads:
+        await send(client, others[0], t["id"])
+    for _ in range(12):
+        await send(client, others[1], threads[0]["id"])
+    counts = {}
+    for limit in (2, 12):
+        with count_statements() as statements:
+            r = await client.get("/api/threads", params={"limit": limit}, headers=me.headers)
+        assert len(r.json()["items"]) == limit
+        counts[("threads", limit)] = len(statements)
+        with count_statements() as statements:
+            items = (await page(client, me, threads[0], limit=limit))["items"]
+        counts[("messages", limit)] = len(statements)
+        assert len(items) == limit
+    assert counts[("threads", 2)] == counts[("threads", 12)], counts
+    assert counts[("messages", 2)] == counts[("messages", 12)], counts
+    assert counts[("threads", 12)] <= 6, counts  # user, threads + unread, members, and BEGIN/COMMIT
