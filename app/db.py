@@ -104,9 +104,18 @@ SessionMaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the route returns, rolled back if it raises."""
-    async with SessionMaker() as session, session.begin():
-        yield session
+    """One transaction per request: committed when the route returns, rolled back if it raises.
+
+    Realtime events the route published go out with the commit, and only if it succeeds.
+    """
+    from app import realtime
+
+    async with SessionMaker() as session:
+        async with session.begin():
+            yield session
+            await session.flush()
+            await realtime.send_pending(session)
+        realtime.after_commit(session)
 
 
 # scope="function": commit before the response is sent, so a 2xx means the data is stored.

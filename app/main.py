@@ -2,11 +2,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
+from app import realtime
 from app.db import SessionMaker, engine, migrate_to_head
 from app.models.user import SCOPES, User
+from app.realtime import hub
 from app.routers import auth, health, messages, threads, users
 from app.routers.users import find_by_email
 from app.security import hash_password
@@ -36,7 +41,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     if settings.is_sqlite:  # the embedded default needs no setup step
         await asyncio.to_thread(migrate_to_head)
     await ensure_first_superuser()
+    await hub.start()
     yield
+    await hub.stop()
     await engine.dispose()
 
 
@@ -46,7 +53,15 @@ app = FastAPI(
     lifespan=lifespan,
 )
 
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 list, without echoing the input: it may be a password."""
+    errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 api = APIRouter(prefix="/api")
-for module in (auth, users, threads, messages, health):
+for module in (auth, users, threads, messages, realtime, health):
     api.include_router(module.router)
 app.include_router(api)

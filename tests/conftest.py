@@ -38,8 +38,8 @@ async def schema() -> AsyncIterator[None]:
             await conn.execute(text("DROP SCHEMA public CASCADE"))
             await conn.execute(text("CREATE SCHEMA public"))
     await asyncio.to_thread(migrate_to_head)
-    yield
-    await engine.dispose()
+    async with app.router.lifespan_context(app):  # the realtime hub runs as in production
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +119,24 @@ async def fetch(sql: str, **params: Any) -> list[Any]:
     """Read the database directly, to check what a request stored."""
     async with engine.connect() as conn:
         return list((await conn.execute(text(sql), params)).all())
+
+
+@pytest.fixture(scope="session")
+async def live_server() -> AsyncIterator[str]:
+    """A real uvicorn on a free port, in this event loop (same engine, same hub)."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    await task

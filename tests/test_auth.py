@@ -245,3 +245,19 @@ async def test_bad_tokens_are_401(client: AsyncClient, make_user: MakeUser) -> N
         assert r.headers["www-authenticate"] == "Bearer", name
     r = await client.get("/api/users/me")
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_errors_never_echo_a_password(client: AsyncClient, make_user: MakeUser) -> None:
+    secret = "s3cret-" + "x" * 130  # too long: a 422 that must not repeat it
+    r = await client.post(
+        SIGNUP, json={"email": "e@example.com", "password": secret, "full_name": "E"}
+    )
+    assert r.status_code == 422 and secret not in r.text and "s3cret" not in r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "password"]
+    user = await make_user()
+    r = await client.patch(
+        "/api/users/me",
+        json={"password": "short1", "current_password": PASSWORD},
+        headers=user.headers,
+    )
+    assert r.status_code == 422 and "short1" not in r.text and PASSWORD not in r.text

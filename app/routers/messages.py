@@ -9,6 +9,7 @@ from sqlmodel import col
 from app.db import SessionDep, utcnow
 from app.models.message import Message, MessageCreate, MessageOut, MessagePage, MessageUpdate
 from app.models.thread import Thread
+from app.realtime import publish
 from app.repository import Repository
 from app.routers.threads import NOT_FOUND, MemberThread, move_read_marker
 from app.security import Claims, CurrentUser, token_has
@@ -80,6 +81,7 @@ async def send_message(
         response.status_code = status.HTTP_200_OK
         return original
     await move_read_marker(session, thread_id, user_id, message.id)
+    publish(session, "message.created", thread_id, MessageOut.model_validate(message))
     return message
 
 
@@ -150,9 +152,9 @@ async def edit_message(
 ) -> Message:
     if message.author_id != user.id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "Only the author may edit a message")
-    return await Repository(session, Message).update(
-        message, {"body": body.body, "edited_at": utcnow()}
-    )
+    await Repository(session, Message).update(message, {"body": body.body, "edited_at": utcnow()})
+    publish(session, "message.updated", message.thread_id, MessageOut.model_validate(message))
+    return message
 
 
 @router.delete(
@@ -171,3 +173,4 @@ async def delete_message(
     if user.id not in (message.author_id, thread.owner_id) and not token_has(claims, user, "admin"):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "You may not delete this message")
     await Repository(session, Message).delete(message)
+    publish(session, "message.deleted", message.thread_id, MessageOut.model_validate(message))

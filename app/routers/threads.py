@@ -20,6 +20,7 @@ from app.models.thread import (
     ThreadUpdate,
 )
 from app.models.user import User, UserPublic
+from app.realtime import publish
 from app.repository import Page, Repository, keyset_page
 from app.security import CurrentUser
 
@@ -144,7 +145,9 @@ async def create_thread(session: SessionDep, user: CurrentUser, body: ThreadCrea
     )
     session.add_all(Membership(thread_id=thread.id, user_id=uid) for uid in [user.id, *others])  # type: ignore[arg-type]
     await session.flush()
-    return await thread_view(session, user, thread)
+    view = await thread_view(session, user, thread)
+    publish(session, "thread.created", thread.id, view)
+    return view
 
 
 @router.get(
@@ -187,7 +190,9 @@ async def update_thread(
 ) -> ThreadOut:
     require_owner(thread, user)
     await Repository(session, Thread).update(thread, body.model_dump(exclude_unset=True))
-    return await thread_view(session, user, thread)
+    view = await thread_view(session, user, thread)
+    publish(session, "thread.updated", thread.id, view)
+    return view
 
 
 @router.delete(
@@ -198,6 +203,7 @@ async def update_thread(
 )
 async def delete_thread(session: SessionDep, user: CurrentUser, thread: MemberThread) -> None:
     require_owner(thread, user)
+    publish(session, "thread.deleted", thread.id, await thread_view(session, user, thread))
     await Repository(session, Thread).delete(thread)
 
 
@@ -250,6 +256,8 @@ async def add_member(
             )
     except IntegrityError:  # already a member (the index allows one live row per pair)
         response.status_code = status.HTTP_200_OK
+    else:
+        publish(session, "member.added", thread.id, {"user_id": body.user_id})
     return member
 
 
@@ -264,21 +272,28 @@ async def add_member(
 async def remove_member(
     session: SessionDep, user: CurrentUser, thread: MemberThread, user_id: int
 ) -> None:
-    if user_id != user.id:
-        require_owner(thread, user)
     # Membership changes of one thread take turns, so it always keeps an owner.
     await session.refresh(thread, with_for_update=True)
+    if user_id != user.id:
+        require_owner(thread, user)
     members = list((await session.exec(members_of(session, thread))).all())
     leaving = next((m for m in members if m.user_id == user_id), None)
     if leaving is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "Not a member of this thread")
     await Repository(session, Membership).delete(leaving)
+    publish(session, "member.removed", thread.id, {"user_id": user_id})
     remaining = [m for m in members if m is not leaving]
     threads = Repository(session, Thread)
     if not remaining:
         await threads.delete(thread)
+        publish(
+            session, "thread.deleted", thread.id, (await thread_views(session, [(thread, 0)]))[0]
+        )
     elif thread.owner_id == user_id:
         await threads.update(thread, {"owner_id": remaining[0].user_id})
+        publish(
+            session, "thread.updated", thread.id, (await thread_views(session, [(thread, 0)]))[0]
+        )
 
 
 @router.post(

@@ -1,0 +1,194 @@
+"""Realtime events over a real WebSocket to a real uvicorn, in this process."""
+
+import asyncio
+import json
+import random
+import socket
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app import realtime
+from tests.conftest import MakeUser, User
+from tests.test_threads import new_thread, send
+
+
+def ws_url(server: str, token: str) -> str:
+    return f"ws://{server}/api/ws?token={token}"
+
+
+async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
+    ws = await connect(ws_url(server, user["token"]["access_token"]), **kwargs)
+    await asyncio.sleep(0.1)  # let the server load the user's threads
+    return ws
+
+
+async def next_event(ws: ClientConnection, timeout: float = 5) -> Any:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def assert_silent(ws: ClientConnection, wait: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ws.recv(), wait)
+
+
+async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    return ws.close_code
+
+
+async def test_bad_tokens_are_closed_with_4401(live_server: str, make_user: MakeUser) -> None:
+    user = await make_user()
+    for token in ("", "garbage", user["token"]["refresh_token"]):
+        async with connect(ws_url(live_server, token)) as ws:
+            assert await close_code(ws) == 4401
+
+
+async def test_members_receive_events_and_others_do_not(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    me, friend, stranger = await make_user(), await make_user(), await make_user()
+    ws_friend, ws_stranger = await listen(live_server, friend), await listen(live_server, stranger)
+    thread = await new_thread(client, me, friend)
+    created = await next_event(ws_friend)
+    assert created["type"] == "thread.created" and created["thread_id"] == thread["id"]
+    assert created["data"]["id"] == thread["id"]
+    message = await send(client, me, thread["id"], "hello")
+    event = await next_event(ws_friend)
+    assert event == {"type": "message.created", "thread_id": thread["id"], "data": message}
+    edited = await client.patch(
+        f"/api/threads/{thread['id']}/messages/{message['id']}",
+        json={"body": "hello!"},
+        headers=me.headers,
+    )
+    event = await next_event(ws_friend)
+    assert event["type"] == "message.updated" and event["data"] == edited.json()
+    await client.delete(f"/api/threads/{thread['id']}/messages/{message['id']}", headers=me.headers)
+    assert (await next_event(ws_friend))["type"] == "message.deleted"
+    await client.patch(f"/api/threads/{thread['id']}", json={"title": "new"}, headers=me.headers)
+    event = await next_event(ws_friend)
+    assert event["type"] == "thread.updated" and event["data"]["title"] == "new"
+    await assert_silent(ws_stranger)
+    await ws_friend.close()
+    await ws_stranger.close()
+
+
+async def test_membership_changes_take_effect_live(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    owner, newcomer = await make_user(), await make_user()
+    thread = await new_thread(client, owner)
+    ws = await listen(live_server, newcomer)
+    await send(client, owner, thread["id"], "before")
+    await assert_silent(ws)
+    await client.post(
+        f"/api/threads/{thread['id']}/members",
+        json={"user_id": newcomer["id"]},
+        headers=owner.headers,
+    )
+    assert (await next_event(ws)) == {
+        "type": "member.added", "thread_id": thread["id"], "data": {"user_id": newcomer["id"]}
+    }  # fmt: skip
+    now = await send(client, owner, thread["id"], "now")
+    assert (await next_event(ws))["data"] == now
+    await client.delete(
+        f"/api/threads/{thread['id']}/members/{newcomer['id']}", headers=owner.headers
+    )
+    assert (await next_event(ws))["type"] == "member.removed"
+    await send(client, owner, thread["id"], "after")
+    await assert_silent(ws)
+    await ws.close()
+
+
+async def test_deleted_thread_sends_thread_deleted_and_nothing_more(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    owner, member = await make_user(), await make_user()
+    thread = await new_thread(client, owner, member)
+    ws = await listen(live_server, member)
+    assert (
+        await client.delete(f"/api/threads/{thread['id']}", headers=owner.headers)
+    ).status_code == 204
+    event = await next_event(ws)
+    assert event["type"] == "thread.deleted" and event["thread_id"] == thread["id"]
+    await assert_silent(ws)
+    await ws.close()
+
+
+async def test_revoked_token_closes_the_socket(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    ws = await listen(live_server, user)
+    assert (await client.post("/api/auth/logout", headers=user.headers)).status_code == 204
+    assert await close_code(ws, timeout=3) == 4401
+
+
+async def test_expired_token_closes_the_socket(live_server: str, make_user: MakeUser) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jose import jwt
+
+    from app.settings import settings
+
+    user = await make_user()
+    exp = datetime.now(UTC) + timedelta(seconds=2)
+    claims = {"sub": str(user["id"]), "ver": 0, "type": "access", "scope": "regular", "exp": exp}
+    token = jwt.encode(claims, settings.secret_key, algorithm="HS256")
+    async with connect(ws_url(live_server, token)) as ws:
+        await assert_silent(ws, 0.3)  # accepted and open while the token is live
+        assert await close_code(ws, timeout=4) == 4401
+
+
+async def test_a_4000_character_multibyte_message_arrives_whole(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    me, friend = await make_user(), await make_user()
+    thread = await new_thread(client, me, friend)
+    ws = await listen(live_server, friend)
+    body = ("漢字🙂" * 1400)[:4000]  # 4000 characters, 13,336 bytes of UTF-8: over NOTIFY's limit
+    message = await send(client, me, thread["id"], body)
+    event = await next_event(ws)
+    assert event["data"] == message and event["data"]["body"] == body
+    await ws.close()
+
+
+async def test_order_holds_under_concurrent_sends(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    users = [await make_user() for _ in range(4)]
+    thread = await new_thread(client, users[0], *users[1:])
+    ws = await listen(live_server, users[0])
+    await asyncio.gather(*(send(client, users[n % 4], thread["id"], f"m{n}") for n in range(24)))
+    ids = [(await next_event(ws))["data"]["id"] for _ in range(24)]
+    assert ids == sorted(ids) and len(set(ids)) == 24
+    await ws.close()
+
+
+async def test_a_slow_client_is_closed_with_1013(
+    client: AsyncClient, live_server: str, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(realtime, "QUEUE_SIZE", 4)
+    me, slow = await make_user(), await make_user()
+    thread = await new_thread(client, me, slow)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
+    host, port = live_server.split(":")
+    sock.connect((host, int(port)))
+    ws = await connect(ws_url(live_server, slow["token"]["access_token"]), sock=sock, max_queue=1)
+    await asyncio.sleep(0.1)
+    # More than the kernel buffers between us hold (a few MB), while this client reads
+    # nothing; random text, so that compression does not shrink it.
+    for _ in range(60):
+        if any(c.close_code for c in realtime.hub.users.get(slow["id"], ())):
+            break
+        bodies = [
+            "".join(chr(random.randint(0x4E00, 0x9FFF)) for _ in range(3990)) for _ in range(10)
+        ]
+        await asyncio.gather(*(send(client, me, thread["id"], body) for body in bodies))
+    assert await close_code(ws, timeout=10) == 1013
