@@ -5,7 +5,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from fastapi import Depends
+from pydantic import StringConstraints
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -64,6 +66,13 @@ class Base(SQLModel):
     deleted: bool = Field(default=False, nullable=False)
 
 
+# PostgreSQL text cannot hold NUL: such input is a 422, not a database error.
+NoNul = StringConstraints(pattern=r"^[^\x00]*$")
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
+# A row id in a path, a query or a body: out of range is a 422, never a database error.
+Id = Annotated[int, Ge(1), Le(MAX_ID)]
+
+
 class RowOut(SQLModel):
     """What every response shows of a row."""
 
@@ -74,10 +83,16 @@ class RowOut(SQLModel):
 
 engine = create_async_engine(
     settings.async_database_url,
+    hide_parameters=True,  # errors and logs never show values: they may be password hashes
     **(
         {"connect_args": {"timeout": 30}}
         if settings.is_sqlite
-        else {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
+        else {
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_timeout": 10,
+            "connect_args": {"timeout": 5},  # a database that is away answers 503 soon
+        }
     ),
 )
 
@@ -130,4 +145,5 @@ def migrate_to_head() -> None:
     root = Path(__file__).resolve().parent.parent
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "migrations"))
+    config.attributes["configure_logger"] = False  # keep the app's own log format
     command.upgrade(config, "head")

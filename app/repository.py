@@ -14,7 +14,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from app.db import Base
+from app.db import MAX_ID, Base
 
 M = TypeVar("M", bound=Base)
 T = TypeVar("T")
@@ -38,9 +38,9 @@ def decode_cursor(cursor: str, keys: Sequence[ColumnElement[Any]]) -> list[Any]:
         values: list[Any] = []
         for key, value in zip(keys, raw, strict=True):
             kind = getattr(key.type, "impl", key.type).python_type  # see through UTCDateTime
-            if kind is datetime:
-                values.append(datetime.fromisoformat(value))
-            elif kind is int and type(value) is int:
+            if kind is datetime and (moment := datetime.fromisoformat(value)).tzinfo:
+                values.append(moment)
+            elif kind is int and type(value) is int and 0 < value <= MAX_ID:
                 values.append(value)
             else:
                 raise ValueError

@@ -40,13 +40,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def serve(cwd: Path, **env: str) -> Iterator[str]:
-    """`python -m app` in `cwd` (so its default SQLite file lands there)."""
+    """`python -m app` in `cwd` (so its default SQLite file lands there), its output in
+    `cwd / "server.log"`."""
     port = free_port()
+    log = (cwd / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"],
         cwd=cwd,
         env=clean_env(PORT=str(port), **env),
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -58,13 +60,14 @@ def serve(cwd: Path, **env: str) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.communicate()[0].decode()
+            assert proc.poll() is None, (cwd / "server.log").read_text()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
         yield base
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 def test_python_m_app_serves_docs_on_a_fresh_sqlite(tmp_path: Path) -> None:

@@ -289,3 +289,37 @@ async def test_concurrent_adds_make_one_membership(
         u=newcomer["id"],
     )
     assert len(rows) == 1
+
+
+async def test_concurrent_leaves_keep_an_owner(client: AsyncClient, make_user: MakeUser) -> None:
+    import asyncio
+
+    import httpx
+
+    from app.main import app
+
+    users = [await make_user() for _ in range(6)]
+    for rounds in range(2):
+        thread = await new_thread(client, users[0], *users[1:])
+        leaving = users[:4] if rounds == 0 else users  # some, then everyone
+
+        async def leave(user: User, thread: Any = thread) -> int:
+            async with AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as c:
+                r = await c.delete(
+                    f"/api/threads/{thread['id']}/members/{user['id']}", headers=user.headers
+                )
+                return r.status_code
+
+        assert set(await asyncio.gather(*(leave(u) for u in leaving))) == {204}
+        members = await fetch(
+            "SELECT user_id FROM membership WHERE thread_id = :t AND NOT deleted", t=thread["id"]
+        )
+        [(owner_id, deleted)] = await fetch(
+            "SELECT owner_id, deleted FROM thread WHERE id = :t", t=thread["id"]
+        )
+        if members:
+            assert not deleted and owner_id in {m for (m,) in members}
+        else:
+            assert deleted

@@ -5,15 +5,17 @@ from pydantic import StringConstraints
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, RowOut, UTCDateTime
+from app.db import Base, NoNul, RowOut, UTCDateTime
 
-Body = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+Body = Annotated[
+    str, NoNul, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)
+]
 
 
 class MessageBase(SQLModel):
     body: Body
     # Chosen by the client to make a send idempotent.
-    client_id: str | None = Field(default=None, min_length=1, max_length=100)
+    client_id: Annotated[str, NoNul] | None = Field(default=None, min_length=1, max_length=100)
 
 
 class MessageRefs(SQLModel):

@@ -1,14 +1,18 @@
 from datetime import datetime
+from typing import Annotated
 
+from pydantic import Strict
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, RowOut, UTCDateTime
+from app.db import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime
 from app.models.user import UserPublic
+
+Title = Annotated[str, NoNul, Field(max_length=200)]
 
 
 class ThreadBase(SQLModel):
-    title: str | None = Field(default=None, max_length=200)
+    title: Title | None = Field(default=None, max_length=200)
 
 
 class Thread(ThreadBase, Base, table=True):
@@ -39,11 +43,11 @@ class Membership(Base, table=True):
 
 
 class ThreadCreate(ThreadBase):
-    member_ids: list[int] = Field(max_length=1000)
+    member_ids: list[Annotated[Id, Strict()]] = Field(max_length=1000)
 
 
 class ThreadUpdate(SQLModel):
-    title: str | None = Field(default=None, max_length=200)
+    title: Title | None = None
 
 
 class ThreadOut(ThreadBase, RowOut):
@@ -54,8 +58,8 @@ class ThreadOut(ThreadBase, RowOut):
 
 
 class MemberAdd(SQLModel):
-    user_id: int
+    user_id: Annotated[Id, Strict()]  # JSON `true` is no id
 
 
 class ReadMarker(SQLModel):
-    message_id: int = Field(ge=0)
+    message_id: Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]

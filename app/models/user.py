@@ -4,7 +4,7 @@ from pydantic import AfterValidator, EmailStr
 from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, RowOut
+from app.db import Base, NoNul, RowOut
 
 SCOPES = {
     "regular": "Every active user: own profile, threads and messages.",
@@ -17,7 +17,7 @@ Scope = Literal["regular", "admin", "superuser"]
 # Stored lower-case, so uniqueness and lookups are case-insensitive on every database.
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
-FullName = Annotated[str, Field(min_length=1, max_length=255)]
+FullName = Annotated[str, NoNul, Field(min_length=1, max_length=255)]
 
 
 class UserBase(SQLModel):

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from app.db import SessionDep
 from app.models.user import User, UserCreate, UserPrivate
 from app.repository import Repository
+from app.routers import errors
 from app.routers.users import EMAIL_TAKEN, find_by_email, save
 from app.security import (
     AnyScopeUser,
@@ -20,7 +21,7 @@ from app.security import (
     verify_password,
 )
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413))
 
 
 @router.post(
@@ -57,7 +58,7 @@ async def login(
             "Too many failed logins; try again later",
             headers={"Retry-After": str(wait)},
         )
-    user = await find_by_email(session, email)
+    user = await find_by_email(session, email) if "\x00" not in email else None
     ok, new_hash = await verify_password(form.password, user.hashed_password if user else None)
     if not ok or user is None or not user.is_active:
         login_limiter.failed(email, address)

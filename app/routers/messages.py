@@ -1,20 +1,22 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from app.db import SessionDep, utcnow
+from app.db import MAX_ID, Id, SessionDep, utcnow
 from app.models.message import Message, MessageCreate, MessageOut, MessagePage, MessageUpdate
 from app.models.thread import Thread
 from app.realtime import publish
 from app.repository import Repository
+from app.routers import Limit, errors, invalid
 from app.routers.threads import NOT_FOUND, MemberThread, move_read_marker
 from app.security import Claims, CurrentUser, token_has
 
-router = APIRouter(prefix="/threads/{thread_id}/messages", tags=["messages"])
+router = APIRouter(
+    prefix="/threads/{thread_id}/messages", tags=["messages"], responses=errors(400, 401, 403, 413)
+)
 
 MESSAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such thread or message, or the caller is not a member"},
@@ -97,21 +99,12 @@ async def send_message(
 async def list_messages(
     session: SessionDep,
     thread: MemberThread,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    limit: Limit = 50,
+    before: Annotated[Id | None, Query()] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> MessagePage:
     if before is not None and after is not None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ["query", "before"],
-                    "msg": "Give before or after, not both",
-                    "input": before,
-                }
-            ]
-        )
+        raise invalid("before", "Give before or after, not both", where="query")
     # Served by the (thread_id, id) index: `limit + 1` rows, whatever the depth.
     stmt = Repository(session, Message).select().where(Message.thread_id == thread.id)
     if after is not None:
@@ -127,7 +120,7 @@ async def list_messages(
     )
 
 
-async def thread_message(session: SessionDep, thread: MemberThread, message_id: int) -> Message:
+async def thread_message(session: SessionDep, thread: MemberThread, message_id: Id) -> Message:
     stmt = (
         Repository(session, Message)
         .select()

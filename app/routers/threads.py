@@ -2,13 +2,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from sqlalchemy import ColumnElement, false, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from app.db import SessionDep
+from app.db import Id, SessionDep
 from app.models.message import Message
 from app.models.thread import (
     MemberAdd,
@@ -22,20 +21,14 @@ from app.models.thread import (
 from app.models.user import User, UserPublic
 from app.realtime import publish
 from app.repository import Page, Repository, keyset_page
+from app.routers import Cursor, Limit, errors, invalid
 from app.security import CurrentUser
 
-router = APIRouter(prefix="/threads", tags=["threads"])
+router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(400, 401, 403, 413))
 
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"description": "No such thread, or the caller is not a member"}}
 OWNER_ONLY: Responses = {**NOT_FOUND, 403: {"description": "Only the owner may do this"}}
-
-
-def invalid(field: str, message: str) -> RequestValidationError:
-    """A 422 in FastAPI's own shape, for a body field that names something unusable."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ["body", field], "msg": message, "input": None}]
-    )
 
 
 def is_member(thread_id: Any, user_id: Any) -> ColumnElement[bool]:
@@ -50,7 +43,7 @@ def is_member(thread_id: Any, user_id: Any) -> ColumnElement[bool]:
     )
 
 
-async def member_thread(session: SessionDep, user: CurrentUser, thread_id: int) -> Thread:
+async def member_thread(session: SessionDep, user: CurrentUser, thread_id: Id) -> Thread:
     """The thread, if the caller is a member; otherwise 404, exactly as for a thread that
     never existed, so ids reveal nothing."""
     threads = Repository(session, Thread)
@@ -160,8 +153,8 @@ async def create_thread(session: SessionDep, user: CurrentUser, body: ThreadCrea
 async def list_threads(
     session: SessionDep,
     user: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[ThreadOut]:
     activity = func.coalesce(Thread.last_message_at, Thread.created_at)
     rows, next_cursor = await keyset_page(
@@ -270,7 +263,7 @@ async def add_member(
     responses=OWNER_ONLY,
 )
 async def remove_member(
-    session: SessionDep, user: CurrentUser, thread: MemberThread, user_id: int
+    session: SessionDep, user: CurrentUser, thread: MemberThread, user_id: Id
 ) -> None:
     # Membership changes of one thread take turns, so it always keeps an owner.
     await session.refresh(thread, with_for_update=True)

@@ -4,9 +4,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 
-from app.db import SessionDep
+from app.db import Id, SessionDep
 from app.models.user import Email, User, UserPrivate, UserPublic, UserUpdate, UserUpdateMe
 from app.repository import Page, Repository
+from app.routers import Cursor, Limit, errors, invalid
 from app.security import (
     AdminUser,
     Claims,
@@ -16,9 +17,8 @@ from app.security import (
     verify_password,
 )
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=errors(400, 401, 403, 413))
 
-Limit = Annotated[int, Query(ge=1, le=200)]
 NOT_FOUND = "User not found"
 EMAIL_TAKEN = "A user with this email already exists"
 
@@ -54,9 +54,7 @@ async def update_me(session: SessionDep, user: CurrentUser, body: UserUpdateMe) 
     changes = body.model_dump(exclude_unset=True, exclude={"password", "current_password"})
     if body.password is not None:
         if body.current_password is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "current_password is required"
-            )
+            raise invalid("current_password", "Needed to change the password")
         ok, _ = await verify_password(body.current_password, user.hashed_password)
         if not ok:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Current password is wrong")
@@ -92,7 +90,7 @@ async def lookup(session: SessionDep, _: CurrentUser, email: Email) -> User:
     responses={404: {"description": NOT_FOUND}},
 )
 async def read_user(
-    session: SessionDep, user: CurrentUser, claims: Claims, user_id: int
+    session: SessionDep, user: CurrentUser, claims: Claims, user_id: Id
 ) -> UserPrivate | UserPublic:
     found = await Repository(session, User).get(user_id)
     if token_has(claims, user, "admin") and found is not None:
@@ -106,10 +104,10 @@ async def read_user(
 async def list_users(
     session: SessionDep,
     _: AdminUser,
-    q: Annotated[str | None, Query(max_length=320)] = None,
+    q: Annotated[str | None, Query(max_length=320, pattern=r"^[^\x00]*$")] = None,
     include_deleted: bool = False,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[User]:
     users = Repository(session, User)
     stmt = users.select(include_deleted=include_deleted)
@@ -121,7 +119,7 @@ async def list_users(
     return await users.page(stmt, limit=limit, cursor=cursor)
 
 
-async def managed_user(session: SessionDep, admin: AdminUser, claims: Claims, user_id: int) -> User:
+async def managed_user(session: SessionDep, admin: AdminUser, claims: Claims, user_id: Id) -> User:
     """The user an admin may change: not deleted, and not a fellow admin unless the
     caller is a superuser."""
     target = await Repository(session, User).get(user_id)
