@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from annotated_types import Ge, Le
 from fastapi import Depends
-from pydantic import StringConstraints
+from pydantic import ConfigDict, StringConstraints
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -71,6 +71,12 @@ NoNul = StringConstraints(pattern=r"^[^\x00]*$")
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 # A row id in a path, a query or a body: out of range is a 422, never a database error.
 Id = Annotated[int, Ge(1), Le(MAX_ID)]
+
+
+def examples(*items: dict[str, Any]) -> Any:
+    """A model_config that shows request examples in the docs (typed Any: SQLModel's
+    own config type is private)."""
+    return ConfigDict(json_schema_extra={"examples": list(items)})
 
 
 class RowOut(SQLModel):

@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,10 +121,70 @@ class RequestLog:
             log.info("request", extra={"fields": fields})
 
 
-app = FastAPI(
+DESCRIPTION = """
+A messenger, as the example application of an async FastAPI template.
+
+**Log in** with *Authorize*: your email as username, your password, and optionally the
+scopes to narrow the token to (none ticked: all you hold). Every route below says which
+scope it needs.
+
+**Paging.** Lists answer `{"items": [...], "next_cursor": ...}`: pass `next_cursor` back as
+`cursor` until it is `null`. Message history pages by message id instead (`before`,
+`after`) and answers `has_more`.
+
+**Not found vs forbidden.** Something you may not see answers 404, exactly like something
+that does not exist; something you may see but not change answers 403.
+
+## Realtime: `GET /api/ws?token=<access token>` (WebSocket)
+
+Swagger cannot list WebSocket routes, so here it is. Connect with an access token in the
+query. A bad, expired or revoked token: the socket is accepted, then closed with code
+**4401**; a token that expires or is revoked while connected closes it the same way.
+The server then pushes JSON events for every thread you are a member of, in commit order
+per thread, each sent only after its change is committed:
+
+| `type` | `data` |
+|---|---|
+| `message.created`, `message.updated`, `message.deleted` | the Message |
+| `thread.created`, `thread.updated`, `thread.deleted` | the Thread, with `unread_count` 0 |
+| `member.added`, `member.removed` | `{"user_id": ...}` |
+
+```json
+{"type": "message.created", "thread_id": 7, "data": {"id": 42, "thread_id": 7, "body": "hi", ...}}
+```
+
+Close codes: **4401** bad or revoked token; **1013** the client read too slowly and fell
+too far behind; **1012** the server may have missed events (reconnect, then catch up with
+`GET /api/threads/{id}/messages?after=<last id>`). Clients send nothing; the server pings.
+Unread counts differ per reader, so events carry 0: read yours from `GET /api/threads`.
+"""
+
+TAGS = [
+    {"name": "auth", "description": "Sign up, log in (OAuth2 password flow), refresh, log out."},
+    {"name": "users", "description": "Your profile; finding others; managing users (admin)."},
+    {
+        "name": "threads",
+        "description": "Conversations of several users, their members and "
+        "read markers. Only members see a thread.",
+    },
+    {
+        "name": "messages",
+        "description": "A thread's messages: send (idempotent with "
+        "`client_id`), page, edit, delete.",
+    },
+    {"name": "realtime", "description": "WebSocket events; see the description above."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+# Swagger UI and ReDoc are served from the app itself (the fastapi-offline package ships
+# their files), so the docs work without a CDN: offline, behind a strict proxy.
+app = FastAPIOffline(
     title="FastAPI Boilerplate",
-    summary="A messenger as the example application of an async FastAPI template.",
+    description=DESCRIPTION,
+    version="0.1.0",
+    openapi_tags=TAGS,
     lifespan=lifespan,
+    swagger_ui_parameters={"validatorUrl": None},  # it would call out to swagger.io
 )
 if settings.cors_origins:
     app.add_middleware(

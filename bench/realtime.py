@@ -171,6 +171,27 @@ async def db_sessions(url: str, db_name: str) -> tuple[int, int] | None:
         await conn.close()
 
 
+def all_processes() -> dict[int, tuple[str, float]]:
+    """pid -> (command line, CPU seconds) of every visible process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                out[int(d.name)] = (
+                    cmd or (d / "comm").read_text().strip(),
+                    cpu_seconds(int(d.name)),
+                )
+            except OSError:
+                pass
+    return out
+
+
+def softirq_seconds() -> float:
+    fields = Path("/proc/stat").read_text().split("\n")[0].split()[1:]
+    return (int(fields[5]) + int(fields[6])) / CLK_TCK  # irq + softirq
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine, all cores."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
@@ -578,7 +599,7 @@ async def run(args: argparse.Namespace) -> int:
         pg_db = database_url.rsplit("/", 1)[-1].split("?")[0]
         sessions0 = await db_sessions(database_url, pg_db)
         cpu0 = ([cpu_seconds(p) for p in pids], postgres_cpu(pg_db), time.process_time())
-        machine0 = machine_cpu()
+        machine0, procs0, irq0 = machine_cpu(), all_processes(), softirq_seconds()
         print(f"run: {total} messages at {args.rate:g}/s ...", flush=True)
         start = time.perf_counter()
         for k in range(total):
@@ -597,7 +618,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.05)
         wall = time.perf_counter() - start
         cpu1 = ([cpu_seconds(p) for p in pids], postgres_cpu(pg_db), time.process_time())
-        machine1 = machine_cpu()
+        machine1, procs1, irq1 = machine_cpu(), all_processes(), softirq_seconds()
         in_time = len(sockets.received)  # what came after the drain window counts as lost
         lags = await lag.stop()
         drained = time.perf_counter() - drain_start
@@ -703,6 +724,19 @@ async def run(args: argparse.Namespace) -> int:
                 f"{sessions1[1] - sessions0[1]} commits on {pg_db} during the run (1 is "
                 f"this report's; the servers' pools keep theirs, more means pool churn)"
             )
+        ours = {os.getpid(), *pids}
+        others = sorted(
+            (
+                (cpu - procs0.get(pid, ("", 0.0))[1], cmd)
+                for pid, (cmd, cpu) in procs1.items()
+                if pid not in ours and not cmd.startswith("postgres")
+            ),
+            reverse=True,
+        )
+        print(
+            f"other CPU:  irq+softirq {(irq1 - irq0) / wall * 100:.0f}%; top processes: "
+            + "; ".join(f"{c / wall * 100:.0f}% {cmd[:60]}" for c, cmd in others[:3] if c > 0)
+        )
         died = [
             f"server {s.index} (pid {s.proc.pid}) exited with {s.proc.returncode}"
             for s in servers

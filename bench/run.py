@@ -396,6 +396,7 @@ class Server:
                 stderr=err,
                 start_new_session=True,
             )
+        SERVER_PIDS.add(self.proc.pid)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -429,6 +430,40 @@ class Server:
 
     def hwm_mib(self) -> float:
         return read_status(self.pid).get("VmHWM", 0) / 1024
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OURS = {"postgres", "wrk", "taskset", "py-spy"}
+SERVER_PIDS: set[int] = set()  # ours, idle or not
+
+
+def cpu_times() -> dict[int, tuple[str, int]]:
+    """(comm, utime + stime in ticks) of every process."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw[raw.rindex(")") + 2 :].split()
+            out[int(entry.name)] = (comm, int(fields[11]) + int(fields[12]))
+    return out
+
+
+def foreign_load(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float, *own: int
+) -> float:
+    """Cores used meanwhile by processes that are not this bench's (servers, wrk,
+    PostgreSQL, the harness): other people's work on a shared machine skews the numbers."""
+    skip = {os.getpid(), *SERVER_PIDS, *own}
+    ticks = 0
+    for pid, (comm, t) in after.items():
+        if pid in skip or comm in OURS:
+            continue
+        prev = before.get(pid)
+        ticks += t - prev[1] if prev and prev[0] == comm else 0
+    return ticks / CLK_TCK / max(seconds, 1e-9)
 
 
 @contextmanager
@@ -491,12 +526,15 @@ def run_wrk(
     server: Server, requests_file: Path, connections: int, duration: float, cpu: str, **kw: Any
 ) -> dict[str, Any]:
     cmd = wrk_command(server.url, requests_file, connections, duration, cpu, **kw)
+    before, t0 = cpu_times(), time.monotonic()
     with rss_sampler(server.pid) as mem:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    others = foreign_load(before, cpu_times(), time.monotonic() - t0, *kw.get("own", ()))
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr}\n{out.stdout}")
     result = parse_wrk(out.stdout)
     result["peak_mib"] = mem["peak_mib"]
+    result["others"] = others
     if server.proc is not None and server.proc.poll() is not None:
         raise RuntimeError(f"{server.label} died under load:\n{server.log_tail()}")
     return result
@@ -517,6 +555,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": [round(r["rps"], 1) for r in results],
         "status_errors": sum(r["status"] for r in results),
         "timeouts": sum(r["timeout"] for r in results),
+        "others": statistics.mean(r.get("others", 0.0) for r in results),
     }
 
 
@@ -541,7 +580,8 @@ def main_block(
                 log(
                     f"run {run + 1}/{a.runs} {sc.name:9} {srv.kind:8} {r['rps']:8.1f} req/s  "
                     f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  "
-                    f"errors {r['errors']}  peak {r['peak_mib']:.0f} MiB"
+                    f"errors {r['errors']}  peak {r['peak_mib']:.0f} MiB  "
+                    f"others {r['others']:.2f} cores"
                 )
     out = {}
     for sc in scenarios:
@@ -673,32 +713,45 @@ def memory_block(
 # --------------------------------------------------------------------------- profile
 
 
+IDLE_LEAVES = ("Condition.wait (threading.py", "_wait_for_tstate_lock", "select (selectors.py")
+
+
 def categorize(frame: str) -> str:
     """A py-spy frame "function (path:line)" -> the library it runs in."""
     m = re.search(r"\((.*?)(?::\d+)?\)$", frame)
     path = m.group(1) if m else frame
+    if not frame.strip():
+        return "native, no Python frame"
     rules = [
         ("sqlalchemy/orm", "SQLAlchemy ORM"),
-        ("sqlalchemy/ext/asyncio", "SQLAlchemy asyncio glue"),
         ("sqlalchemy/dialects", "SQLAlchemy asyncpg dialect"),
-        ("sqlalchemy/engine", "SQLAlchemy Core engine"),
-        ("sqlalchemy/sql", "SQLAlchemy Core SQL compile/cache"),
+        ("sqlalchemy/util/concurrency", "SQLAlchemy greenlet bridge"),
+        ("sqlalchemy/ext/asyncio", "SQLAlchemy asyncio glue"),
+        ("sqlalchemy/engine", "SQLAlchemy Core engine/result"),
+        ("sqlalchemy/sql", "SQLAlchemy Core statement build/cache key"),
         ("sqlalchemy/pool", "SQLAlchemy pool"),
         ("sqlalchemy", "SQLAlchemy other"),
         ("sqlmodel", "SQLModel"),
-        ("asyncpg", "asyncpg"),
+        ("asyncpg/connect_utils", "asyncpg connect (pool churn)"),
+        ("asyncpg", "asyncpg (protocol, I/O)"),
+        ("ssl.py", "asyncpg connect (pool churn)"),
+        ("email_validator", "email-validator (EmailStr)"),
         ("pydantic", "pydantic"),
         ("jose", "python-jose (JWT)"),
         ("cryptography", "python-jose (JWT)"),
         ("ecdsa", "python-jose (JWT)"),
-        ("fastapi", "FastAPI"),
+        ("fastapi", "FastAPI (routing, dependencies, encoding)"),
         ("starlette", "Starlette"),
-        ("uvicorn", "uvicorn"),
-        ("httptools", "uvicorn"),
-        ("anyio", "anyio"),
-        ("uvloop", "uvloop/asyncio"),
-        ("asyncio", "uvloop/asyncio"),
-        ("logging", "logging (access log)"),
+        ("anyio", "anyio (threadpool, cancel scopes)"),
+        ("threading.py", "threadpool hand-off"),
+        ("queue.py", "threadpool hand-off"),
+        ("concurrent/futures", "threadpool hand-off"),
+        ("uvicorn", "uvicorn/httptools"),
+        ("httptools", "uvicorn/httptools"),
+        ("uvloop", "event loop (uvloop/asyncio)"),
+        ("asyncio", "event loop (uvloop/asyncio)"),
+        ("logging", "logging (request log)"),
+        ("uuid.py", "uuid4 (request id)"),
         ("json", "json"),
         ("/app/", "app code"),
     ]
@@ -708,25 +761,30 @@ def categorize(frame: str) -> str:
     return "other: " + (Path(path).name if "/" in path else path)
 
 
-def summarize_profile(collapsed: Path, top: int = 14) -> dict[str, Any]:
+def summarize_profile(collapsed: Path, top: int = 16) -> dict[str, Any]:
+    """Self and inclusive shares by library of py-spy's raw (collapsed) stacks, idle
+    threads left out. Stacks that run under SQLAlchemy's greenlets start there, so
+    inclusive shares of outer frames are lower bounds; self shares are exact."""
     self_time: dict[str, int] = defaultdict(int)
     incl: dict[str, int] = defaultdict(int)
     funcs: dict[str, int] = defaultdict(int)
     total = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
+        if not count_s.isdigit():
             continue
         count = int(count_s)
         frames = stack.split(";")
         if frames and frames[0].startswith(("thread ", "process ")):
             frames = frames[1:]
+        if frames[-1].strip().startswith(IDLE_LEAVES):
+            continue
         total += count
         self_time[categorize(frames[-1])] += count
         for cat in {categorize(f) for f in frames}:
             incl[cat] += count
         for f in set(frames):
-            funcs[f] += count
+            funcs[f.strip()] += count
 
     def pct(d: dict[str, int]) -> list[tuple[str, float]]:
         return [(k, 100 * v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])]
@@ -735,7 +793,7 @@ def summarize_profile(collapsed: Path, top: int = 14) -> dict[str, Any]:
         "samples": total,
         "self": pct(self_time)[:top],
         "inclusive": pct(incl)[:top],
-        "functions": [(k, p) for k, p in pct(funcs) if p < 99.5][: top * 2],
+        "functions": [(k, p) for k, p in pct(funcs) if p < 99.5 and k][: top * 3],
     }
 
 
@@ -758,7 +816,9 @@ def profile_block(a: argparse.Namespace, app: Server, files: dict[str, Path]) ->
         time.sleep(1.5)
         raw = outdir / f"profile-{name}.txt"
         speedscope = outdir / f"profile-{name}.speedscope.json"
-        spy = ["taskset", "-c", a.wrk_cpu, str(pyspy), "record", "--nonblocking", "-r", "250"]
+        # --gil: the thread holding the GIL only (the idle threadpool is left out); blocking
+        # mode (the default) pauses the server per sample, for consistent stacks.
+        spy = ["taskset", "-c", a.wrk_cpu, str(pyspy), "record", "--gil", "-r", "100"]
         subprocess.run(
             [*spy, "-d", str(d), "-p", str(app.pid), "-f", "raw", "-o", str(raw)],
             capture_output=True,
@@ -791,8 +851,9 @@ def report(res: dict[str, Any]) -> str:
     if main:
         lines += [
             "| scenario | ours req/s | p50 ms | p99 ms | errors | peak MiB "
-            "| ceiling req/s | p50 ms | p99 ms | errors | peak MiB | ours ÷ ceiling | target |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+            "| ceiling req/s | p50 ms | p99 ms | errors | peak MiB | ours ÷ ceiling | target "
+            "| others |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
         ]
         for row in main.values():
             o, c = row["ours"], row["ceiling"] or {}
@@ -806,9 +867,17 @@ def report(res: dict[str, Any]) -> str:
                 f"| {fmt(c.get('rps'))} | {fmt(c.get('p50_ms'), '.2f')} "
                 f"| {fmt(c.get('p99_ms'), '.2f')} | {fmt(c.get('errors'), 'd')} "
                 f"| {fmt(c.get('peak_mib'), '.0f')} "
-                f"| {fmt(row['ratio'] and 100 * row['ratio'], '.0f')}% | {target} |"
+                f"| {fmt(row['ratio'] and 100 * row['ratio'], '.0f')}% | {target} "
+                f"| {fmt(max(o['others'], c.get('others', 0.0)), '.2f')} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "p50/p99: medians over the runs; errors: all runs added up (socket errors, "
+            "timeouts, HTTP status >= 400); peak MiB: the server's highest RSS; others: "
+            "cores used during the runs by processes that are not the bench's (a shared "
+            "machine: anything above ~0.1 skews the numbers).",
+            "",
+        ]
     c256 = res.get("c256")
     if c256:
         lines += [

@@ -5,17 +5,22 @@ from pydantic import StringConstraints
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, NoNul, RowOut, UTCDateTime
+from app.db import Base, NoNul, RowOut, UTCDateTime, examples
 
 Body = Annotated[
-    str, NoNul, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)
+    str,
+    NoNul,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
+    Field(schema_extra={"examples": ["See you at noon?"]}),
 ]
 
 
 class MessageBase(SQLModel):
     body: Body
     # Chosen by the client to make a send idempotent.
-    client_id: Annotated[str, NoNul] | None = Field(default=None, min_length=1, max_length=100)
+    client_id: Annotated[str, NoNul] | None = Field(
+        default=None, min_length=1, max_length=100, schema_extra={"examples": ["6f1c2a4e-phone-1"]}
+    )
 
 
 class MessageRefs(SQLModel):
@@ -34,10 +39,12 @@ class Message(MessageBase, MessageRefs, Base, table=True):
 
 
 class MessageCreate(MessageBase):
-    pass
+    model_config = examples({"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"})
 
 
 class MessageUpdate(SQLModel):
+    model_config = examples({"body": "See you at one?"})
+
     body: Body
 
 

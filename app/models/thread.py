@@ -5,10 +5,10 @@ from pydantic import Strict
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
-from app.db import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime
+from app.db import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, examples
 from app.models.user import UserPublic
 
-Title = Annotated[str, NoNul, Field(max_length=200)]
+Title = Annotated[str, NoNul, Field(max_length=200, schema_extra={"examples": ["Weekend plans"]})]
 
 
 class ThreadBase(SQLModel):
@@ -43,10 +43,14 @@ class Membership(Base, table=True):
 
 
 class ThreadCreate(ThreadBase):
+    model_config = examples({"title": "Weekend plans", "member_ids": [2, 3]})
+
     member_ids: list[Annotated[Id, Strict()]] = Field(max_length=1000)
 
 
 class ThreadUpdate(SQLModel):
+    model_config = examples({"title": "Sunday plans"})
+
     title: Title | None = None
 
 
@@ -58,8 +62,12 @@ class ThreadOut(ThreadBase, RowOut):
 
 
 class MemberAdd(SQLModel):
+    model_config = examples({"user_id": 4})
+
     user_id: Annotated[Id, Strict()]  # JSON `true` is no id
 
 
 class ReadMarker(SQLModel):
+    model_config = examples({"message_id": 42})
+
     message_id: Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]

@@ -4,7 +4,7 @@ from pydantic import AfterValidator, EmailStr
 from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, NoNul, RowOut
+from app.db import Base, NoNul, RowOut, examples
 
 SCOPES = {
     "regular": "Every active user: own profile, threads and messages.",
@@ -17,7 +17,9 @@ Scope = Literal["regular", "admin", "superuser"]
 # Stored lower-case, so uniqueness and lookups are case-insensitive on every database.
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
-FullName = Annotated[str, NoNul, Field(min_length=1, max_length=255)]
+FullName = Annotated[
+    str, NoNul, Field(min_length=1, max_length=255, schema_extra={"examples": ["Ada Lovelace"]})
+]
 
 
 class UserBase(SQLModel):
@@ -45,6 +47,14 @@ class User(UserBase, Base, table=True):
 
 
 class UserCreate(UserBase):
+    model_config = examples(
+        {
+            "email": "ada@example.com",
+            "password": "correct horse battery",
+            "full_name": "Ada",
+        }
+    )
+
     password: Password
 
 
@@ -59,6 +69,14 @@ class UserPrivate(UserBase, RowOut):
 
 
 class UserUpdateMe(SQLModel):
+    model_config = examples(
+        {
+            "full_name": "Ada Lovelace",
+            "password": "a new passphrase",
+            "current_password": "correct horse battery",
+        }
+    )
+
     full_name: FullName | None = None
     email: Email | None = None
     password: Password | None = None
@@ -67,6 +85,8 @@ class UserUpdateMe(SQLModel):
 
 class UserUpdate(SQLModel):
     """What an admin may change; `scopes` needs a superuser token."""
+
+    model_config = examples({"is_active": False, "scopes": ["regular", "admin"]})
 
     full_name: FullName | None = None
     email: Email | None = None

@@ -1,10 +1,9 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from pydantic import BaseModel, Field
 
-from app.db import SessionDep
+from app.db import SessionDep, examples
 from app.models.user import User, UserCreate, UserPrivate
 from app.repository import Repository
 from app.routers import errors
@@ -36,6 +35,21 @@ async def signup(session: SessionDep, body: UserCreate) -> User:
     return await save(session, user, {})
 
 
+class LoginForm(BaseModel):
+    """OAuth2's password grant, as Swagger's Authorize dialog sends it."""
+
+    model_config = examples(
+        {"username": "ada@example.com", "password": "correct horse battery", "scope": "regular"}
+    )
+
+    grant_type: str | None = Field(default=None, pattern="^password$")
+    username: str = Field(max_length=320, description="The email")
+    password: str = Field(max_length=128)
+    scope: str = Field(default="", max_length=200, description="Space-separated scopes")
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
 @router.post(
     "/token",
     response_model=TokenPair,
@@ -48,7 +62,7 @@ async def signup(session: SessionDep, body: UserCreate) -> User:
     },
 )
 async def login(
-    request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+    request: Request, session: SessionDep, form: Annotated[LoginForm, Form()]
 ) -> TokenPair:
     email = form.username.strip().lower()
     address = request.client.host if request.client else "unknown"
@@ -67,11 +81,13 @@ async def login(
     if new_hash:  # the cost settings were raised since this hash was made
         user.hashed_password = new_hash
         session.add(user)
-    requested = form.scopes or user.scopes
+    requested = form.scope.split() or user.scopes
     return create_tokens(user, [s for s in requested if s in user.scopes])
 
 
 class RefreshRequest(BaseModel):
+    model_config = examples({"refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."})
+
     refresh_token: str
 
 
@@ -92,6 +108,7 @@ async def refresh(session: SessionDep, body: RefreshRequest) -> TokenPair:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Log out everywhere",
     description="Revokes every access and refresh token of the caller issued before now.",
+    responses=errors(401, 403),
 )
 async def logout(session: SessionDep, user: AnyScopeUser) -> None:
     await Repository(session, User).update(user, {"token_version": user.token_version + 1})
