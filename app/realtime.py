@@ -116,7 +116,8 @@ class Connection:
             return
         kind = event["type"]
         if kind == "user.revoked":
-            self.close(CLOSE_BAD_TOKEN)
+            if event["user_id"] == self.user_id:
+                self.close(CLOSE_BAD_TOKEN)
             return
         thread_id: int = event["thread_id"]
         joined = (kind == "member.added" and event["data"]["user_id"] == self.user_id) or (
