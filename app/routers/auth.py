@@ -42,7 +42,7 @@ class LoginForm(BaseModel):
         {"username": "ada@example.com", "password": "correct horse battery", "scope": "regular"}
     )
 
-    grant_type: str | None = Field(default=None, pattern="^password$")
+    grant_type: str | None = Field(default=None, pattern="^(password)?$")
     username: str = Field(max_length=320, description="The email")
     password: str = Field(max_length=128)
     scope: str = Field(default="", max_length=200, description="Space-separated scopes")
