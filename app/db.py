@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from fastapi import Depends
+from fastapi import Depends, Request
 from pydantic import ConfigDict, StringConstraints
 from sqlalchemy import DateTime, Dialect, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -122,16 +122,22 @@ if settings.is_sqlite:
 
 
 SessionMaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+# Reads need no BEGIN/COMMIT on PostgreSQL: under READ COMMITTED each statement has its
+# own snapshot anyway, so a transaction would only add two round trips to every GET.
+read_engine = (
+    engine if settings.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+)
 
 
-async def get_session() -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the route returns, rolled back if it raises.
-
-    Realtime events the route published go out with the commit, and only if it succeeds.
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request that changes data: committed when the route returns,
+    rolled back if it raises. Realtime events the route published go out with the
+    commit, and only if it succeeds.
     """
     from app import realtime
 
-    async with SessionMaker() as session:
+    bind = read_engine if request.method in ("GET", "HEAD") else engine
+    async with SessionMaker(bind=bind) as session:
         async with session.begin():
             yield session
             await session.flush()

@@ -124,7 +124,7 @@ async def user_for_token(session: SessionDep, claims: TokenClaims) -> User:
     return user
 
 
-def access_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
+async def access_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
     return decode_token(token, "access")
 
 

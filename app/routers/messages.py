@@ -1,3 +1,4 @@
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
@@ -58,14 +59,10 @@ async def send_message(
 ) -> Message:
     # Plain ids: a rolled-back savepoint expires the loaded rows.
     thread_id, user_id = thread.id, user.id
-    if body.client_id and (
-        original := await find_by_client_id(session, thread_id, user_id, body.client_id)
-    ):
-        response.status_code = status.HTTP_200_OK
-        return original
     message = Message.model_validate(body, update={"thread_id": thread_id, "author_id": user_id})
     try:
-        async with session.begin_nested():
+        # Only a client_id can collide; without one, no savepoint (two round trips).
+        async with session.begin_nested() if body.client_id else nullcontext():
             # Updating the thread first locks its row: sends to one thread take turns, so
             # message ids grow in commit order (what realtime subscribers rely on).
             now = utcnow()
@@ -74,7 +71,7 @@ async def send_message(
             )
             message.created_at = message.updated_at = now
             await Repository(session, Message).create(message)
-    except IntegrityError:  # the same client_id won a race with us
+    except IntegrityError:  # a repeat: sent before, or a concurrent twin won the race
         if body.client_id is None:
             raise
         original = await find_by_client_id(session, thread_id, user_id, body.client_id)
