@@ -7,7 +7,7 @@ from app.db import SessionDep, examples
 from app.models.user import User, UserCreate, UserPrivate
 from app.repository import Repository
 from app.routers import errors
-from app.routers.users import EMAIL_TAKEN, find_by_email, save
+from app.routers.users import find_by_email, save
 from app.security import (
     AnyScopeUser,
     TokenPair,
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413))
     status_code=status.HTTP_201_CREATED,
     response_model=UserPrivate,
     summary="Create an account",
-    responses={409: {"description": EMAIL_TAKEN}},
+    responses=errors(409),
 )
 async def signup(session: SessionDep, body: UserCreate) -> User:
     user = User.model_validate(body, update={"hashed_password": await hash_password(body.password)})
@@ -56,10 +56,7 @@ class LoginForm(BaseModel):
     summary="Log in (OAuth2 password flow)",
     description="`username` is the email. `scope` narrows the token to some of the "
     "user's scopes (space-separated); without it the token carries all of them.",
-    responses={
-        401: {"description": "Wrong credentials"},
-        429: {"description": "Too many failures"},
-    },
+    responses=errors(401, 429),
 )
 async def login(
     request: Request, session: SessionDep, form: Annotated[LoginForm, Form()]
@@ -95,7 +92,7 @@ class RefreshRequest(BaseModel):
     "/refresh",
     response_model=TokenPair,
     summary="Trade a refresh token for a new token pair",
-    responses={401: {"description": "Invalid, expired or revoked refresh token"}},
+    responses=errors(401),
 )
 async def refresh(session: SessionDep, body: RefreshRequest) -> TokenPair:
     claims = decode_token(body.refresh_token, "refresh")

@@ -1,5 +1,5 @@
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import update
@@ -12,17 +12,14 @@ from app.models.thread import Thread
 from app.realtime import publish
 from app.repository import Repository
 from app.routers import Limit, errors, invalid
-from app.routers.threads import NOT_FOUND, MemberThread, move_read_marker
+from app.routers.threads import MemberThread, move_read_marker
 from app.security import Claims, CurrentUser, token_has
 
 router = APIRouter(
-    prefix="/threads/{thread_id}/messages", tags=["messages"], responses=errors(400, 401, 403, 413)
+    prefix="/threads/{thread_id}/messages",
+    tags=["messages"],
+    responses=errors(400, 401, 403, 404, 413),
 )
-
-MESSAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such thread or message, or the caller is not a member"},
-    403: {"description": "The caller may not change this message"},
-}
 
 
 async def find_by_client_id(
@@ -48,7 +45,7 @@ async def find_by_client_id(
     description="`body` is 1..4000 characters after trimming. Sending again with the same "
     "`client_id` returns the original message with 200 instead of a duplicate, even when "
     "the two requests race.",
-    responses={**NOT_FOUND, 200: {"description": "A repeat: the original", "model": MessageOut}},
+    responses={200: {"description": "A repeat: the original", "model": MessageOut}},
 )
 async def send_message(
     session: SessionDep,
@@ -91,7 +88,6 @@ async def send_message(
     description="No cursor: the newest `limit` messages. `before`: the `limit` messages just "
     "older than that message id; `after`: the `limit` just newer. `has_more` says whether "
     "more lie beyond the page in the direction of travel.",
-    responses=NOT_FOUND,
 )
 async def list_messages(
     session: SessionDep,
@@ -135,7 +131,6 @@ ThreadMessage = Annotated[Message, Depends(thread_message)]
     "/{message_id}",
     response_model=MessageOut,
     summary="Edit a message (author only)",
-    responses=MESSAGE_NOT_FOUND,
 )
 async def edit_message(
     session: SessionDep, user: CurrentUser, message: ThreadMessage, body: MessageUpdate
@@ -151,7 +146,6 @@ async def edit_message(
     "/{message_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a message (author, thread owner, or admin)",
-    responses=MESSAGE_NOT_FOUND,
 )
 async def delete_message(
     session: SessionDep,

@@ -24,11 +24,7 @@ from app.repository import Page, Repository, keyset_page
 from app.routers import Cursor, Limit, errors, invalid
 from app.security import CurrentUser
 
-router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(400, 401, 403, 413))
-
-Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: {"description": "No such thread, or the caller is not a member"}}
-OWNER_ONLY: Responses = {**NOT_FOUND, 403: {"description": "Only the owner may do this"}}
+router = APIRouter(prefix="/threads", tags=["threads"], responses=errors(400, 401, 403, 404, 413))
 
 
 def is_member(thread_id: Any, user_id: Any) -> ColumnElement[bool]:
@@ -170,14 +166,12 @@ async def list_threads(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{thread_id}", response_model=ThreadOut, summary="A thread", responses=NOT_FOUND)
+@router.get("/{thread_id}", response_model=ThreadOut, summary="A thread")
 async def read_thread(session: SessionDep, user: CurrentUser, thread: MemberThread) -> ThreadOut:
     return await thread_view(session, user, thread)
 
 
-@router.patch(
-    "/{thread_id}", response_model=ThreadOut, summary="Rename a thread", responses=OWNER_ONLY
-)
+@router.patch("/{thread_id}", response_model=ThreadOut, summary="Rename a thread (owner)")
 async def update_thread(
     session: SessionDep, user: CurrentUser, thread: MemberThread, body: ThreadUpdate
 ) -> ThreadOut:
@@ -192,7 +186,6 @@ async def update_thread(
     "/{thread_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a thread",
-    responses=OWNER_ONLY,
 )
 async def delete_thread(session: SessionDep, user: CurrentUser, thread: MemberThread) -> None:
     require_owner(thread, user)
@@ -213,7 +206,6 @@ def members_of(session: SessionDep, thread: Thread) -> Any:
     "/{thread_id}/members",
     response_model=list[UserPublic],
     summary="A thread's members",
-    responses=NOT_FOUND,
 )
 async def list_members(session: SessionDep, thread: MemberThread) -> list[User]:
     stmt = (
@@ -233,7 +225,7 @@ async def list_members(session: SessionDep, thread: MemberThread) -> list[User]:
     summary="Add a member",
     description="Any member may add a user: 201, or 200 if already a member. An unknown, "
     "inactive or deleted user id is a 422.",
-    responses={**NOT_FOUND, 200: {"description": "Already a member", "model": UserPublic}},
+    responses={200: {"description": "Already a member", "model": UserPublic}},
 )
 async def add_member(
     session: SessionDep, thread: MemberThread, body: MemberAdd, response: Response
@@ -260,7 +252,6 @@ async def add_member(
     summary="Remove a member, or leave",
     description="The owner may remove anyone; anyone may remove themselves. When the owner "
     "leaves, the member who joined earliest becomes owner; a thread left empty is deleted.",
-    responses=OWNER_ONLY,
 )
 async def remove_member(
     session: SessionDep, user: CurrentUser, thread: MemberThread, user_id: Id
@@ -294,7 +285,6 @@ async def remove_member(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Mark messages read",
     description="Everything up to `message_id` is read. The marker never moves backwards.",
-    responses=NOT_FOUND,
 )
 async def mark_read(
     session: SessionDep, user: CurrentUser, thread: MemberThread, body: ReadMarker

@@ -48,7 +48,7 @@ async def read_me(user: CurrentUser) -> User:
     summary="Change the caller's name, email or password",
     description="A new `password` needs the `current_password` (missing: 422, wrong: 403) "
     "and revokes every token issued before, as logout does.",
-    responses={403: {"description": "Wrong current password"}, 409: {"description": EMAIL_TAKEN}},
+    responses=errors(409),
 )
 async def update_me(session: SessionDep, user: CurrentUser, body: UserUpdateMe) -> User:
     changes = body.model_dump(exclude_unset=True, exclude={"password", "current_password"})
@@ -72,7 +72,7 @@ async def delete_me(session: SessionDep, user: CurrentUser) -> None:
     "/lookup",
     response_model=UserPublic,
     summary="Find an active user by email",
-    responses={404: {"description": NOT_FOUND}},
+    responses=errors(404),
 )
 async def lookup(session: SessionDep, _: CurrentUser, email: Email) -> User:
     found = await find_by_email(session, email)
@@ -87,7 +87,7 @@ async def lookup(session: SessionDep, _: CurrentUser, email: Email) -> User:
     summary="A user by id",
     description="UserPublic of an active user; an admin token sees UserPrivate of any "
     "user that is not deleted.",
-    responses={404: {"description": NOT_FOUND}},
+    responses=errors(404),
 )
 async def read_user(
     session: SessionDep, user: CurrentUser, claims: Claims, user_id: Id
@@ -131,10 +131,6 @@ async def managed_user(session: SessionDep, admin: AdminUser, claims: Claims, us
 
 
 ManagedUser = Annotated[User, Depends(managed_user)]
-ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: {"description": "Not enough permissions"},
-    404: {"description": NOT_FOUND},
-}
 
 
 @router.patch(
@@ -143,7 +139,7 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Change a user (admin)",
     description="Changing `scopes` needs a superuser token. Deactivating revokes the "
     "user's tokens.",
-    responses={**ADMIN_RESPONSES, 409: {"description": EMAIL_TAKEN}},
+    responses=errors(404, 409),
 )
 async def update_user(
     session: SessionDep, admin: AdminUser, claims: Claims, target: ManagedUser, body: UserUpdate
@@ -166,7 +162,7 @@ async def update_user(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user (admin)",
-    responses=ADMIN_RESPONSES,
+    responses=errors(404),
 )
 async def delete_user(session: SessionDep, target: ManagedUser) -> None:
     await Repository(session, User).delete(target)
