@@ -87,9 +87,9 @@ class Repository(Generic[M]):
         stmt = select(self.model)
         return stmt if include_deleted else stmt.where(self.model.deleted == false())
 
-    def select_with(self, *columns: Any) -> Any:
-        """`select()` with more columns: rows of (model, *columns)."""
-        return select(self.model, *columns).where(self.model.deleted == false())
+    def select_columns(self, *columns: Any) -> Any:
+        """Rows of these columns (the model itself counts as one) from its live rows."""
+        return select(*columns).select_from(self.model).where(self.model.deleted == false())
 
     async def get(self, id: int) -> M | None:
         return (await self.session.exec(self.select().where(self.model.id == id))).first()

@@ -77,7 +77,7 @@ def my_threads(session: SessionDep, user: User, *columns: Any) -> Any:
     """The caller's live threads as rows of (thread, unread count, *columns)."""
     return (
         Repository(session, Thread)
-        .select_with(unread_count(user.id), *columns)
+        .select_columns(Thread, unread_count(user.id), *columns)
         .join(Membership, col(Membership.thread_id) == Thread.id)
         .where(col(Membership.user_id) == user.id, col(Membership.deleted) == false())
     )
@@ -87,9 +87,9 @@ async def thread_views(session: SessionDep, rows: Sequence[tuple[Thread, int]]) 
     """ThreadOut for each (thread, unread count), with every thread's members in one query."""
     members: dict[int, list[UserPublic]] = defaultdict(list)
     if rows:
-        stmt = (
+        stmt = (  # columns, not User rows: pages list thousands of members
             Repository(session, User)
-            .select_with(Membership.thread_id)
+            .select_columns(Membership.thread_id, User.id, User.full_name)
             .join(Membership, col(Membership.user_id) == User.id)
             .where(
                 col(Membership.thread_id).in_([t.id for t, _ in rows]),
@@ -97,8 +97,8 @@ async def thread_views(session: SessionDep, rows: Sequence[tuple[Thread, int]]) 
             )
             .order_by(col(Membership.id))
         )
-        for member, thread_id in await session.exec(stmt):
-            members[thread_id].append(UserPublic.model_validate(member))
+        for thread_id, user_id, full_name in await session.exec(stmt):
+            members[thread_id].append(UserPublic.model_construct(id=user_id, full_name=full_name))
     return [
         ThreadOut.model_validate(thread, update={"members": members[thread.id], "unread_count": n})  # type: ignore[index]
         for thread, n in rows
