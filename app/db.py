@@ -107,7 +107,7 @@ if settings.is_sqlite:
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_connect(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy emit BEGIN itself (below) instead of the driver's deferred one.
-        conn.isolation_level = None  # type: ignore[attr-defined]
+        conn.isolation_level = None
         cursor = conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -100,7 +100,7 @@ async def thread_views(session: SessionDep, rows: Sequence[tuple[Thread, int]]) 
         for thread_id, user_id, full_name in await session.exec(stmt):
             members[thread_id].append(UserPublic.model_construct(id=user_id, full_name=full_name))
     return [
-        ThreadOut.model_validate(thread, update={"members": members[thread.id], "unread_count": n})  # type: ignore[index]
+        ThreadOut.model_validate(thread, update={"members": members[thread.id], "unread_count": n})
         for thread, n in rows
     ]
 
@@ -114,7 +114,7 @@ async def live_users(session: SessionDep, ids: set[int]) -> list[User]:
     users = Repository(session, User)
     return list(
         (await session.exec(users.select().where(col(User.id).in_(ids), User.is_active))).all()
-    )  # type: ignore[union-attr]
+    )
 
 
 @router.post(
@@ -129,10 +129,8 @@ async def create_thread(session: SessionDep, user: CurrentUser, body: ThreadCrea
     others = set(body.member_ids) - {user.id}
     if len(await live_users(session, others)) != len(others):
         raise invalid("member_ids", "Unknown, inactive or deleted user id")
-    thread = await Repository(session, Thread).create(
-        Thread(title=body.title, owner_id=user.id)  # type: ignore[arg-type]
-    )
-    session.add_all(Membership(thread_id=thread.id, user_id=uid) for uid in [user.id, *others])  # type: ignore[arg-type]
+    thread = await Repository(session, Thread).create(Thread(title=body.title, owner_id=user.id))
+    session.add_all(Membership(thread_id=thread.id, user_id=uid) for uid in [user.id, *others])
     await session.flush()
     view = await thread_view(session, user, thread)
     publish(session, "thread.created", thread.id, view)
@@ -294,7 +292,7 @@ async def mark_read(
     )
     if body.message_id and (await session.exec(in_thread)).first() is None:
         raise invalid("message_id", "No such message in this thread")
-    await move_read_marker(session, thread.id, user.id, body.message_id)  # type: ignore[arg-type]
+    await move_read_marker(session, thread.id, user.id, body.message_id)
 
 
 async def move_read_marker(
