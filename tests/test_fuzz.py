@@ -48,6 +48,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "2",
                 *excluded,
             ],
+            cwd=tmp_path,  # its cache lands there, not in the repository
             capture_output=True,
             text=True,
             timeout=600,
