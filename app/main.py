@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -224,8 +224,12 @@ async def method_not_allowed(request: Request, _: Exception) -> JSONResponse:
 @app.exception_handler(OSError)
 async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     """The database is away: 503 at once, so clients retry, instead of a 500."""
+    # SQLSTATE classes 08 (connection), 53 (too many connections...), 57P (shutting down).
+    state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
     if isinstance(exc, DBAPIError) and not (
-        exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
+        exc.connection_invalidated
+        or isinstance(exc, OperationalError | InterfaceError)
+        or state.startswith(("08", "53", "57P"))
     ):
         raise exc
     logging.getLogger("app").warning("database unavailable: %s", type(exc).__name__)

@@ -16,6 +16,7 @@ work besides taking the time: frames are parsed after the run.
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,18 +157,18 @@ def postgres_cpu(db_name: str) -> tuple[float, float] | None:
     return mine, total
 
 
-async def db_sessions(url: str, db_name: str) -> tuple[int, int] | None:
-    """(sessions opened, transactions committed) so far on db_name."""
+async def db_sessions(url: str, db_name: str) -> int | None:
+    """How many sessions were opened on db_name so far."""
     try:
         conn = await asyncpg.connect(url)
     except (OSError, asyncpg.PostgresError):
         return None
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = await conn.fetchrow(
-            "SELECT sessions, xact_commit FROM pg_stat_database WHERE datname = $1", db_name
+        value = await conn.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = $1", db_name
         )
-        return (int(row[0]), int(row[1])) if row else None
+        return None if value is None else int(value)
     finally:
         await conn.close()
 
@@ -185,6 +187,14 @@ def all_processes() -> dict[int, tuple[str, float]]:
             except OSError:
                 pass
     return out
+
+
+def rss_mb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
 
 
 def softirq_seconds() -> float:
@@ -206,10 +216,14 @@ def fmt_ms(seconds: float) -> str:
 # --- database and servers ------------------------------------------------------------------
 
 
-async def pg_version(url: str) -> str:
+async def pg_info(url: str) -> tuple[str, str]:
+    """PostgreSQL's version, and how many of its connections are taken."""
     conn = await asyncpg.connect(url)
     try:
-        return str(await conn.fetchval("SELECT version()"))
+        version = str(await conn.fetchval("SELECT version()"))
+        used = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid IS NOT NULL")
+        limit = await conn.fetchval("SHOW max_connections")
+        return version, f"{used} of max_connections={limit} in use"
     finally:
         await conn.close()
 
@@ -263,7 +277,9 @@ def start_servers(
     for i in range(n):
         port = free_port()
         env = server_env(database_url, port, key)
-        env.update(kv.split("=", 1) for kv in extra)
+        for kv in extra:
+            key, _, value = kv.partition("=")
+            env[key] = value
         log = open(logdir / f"server{i}.log", "wb")  # noqa: SIM115 (closed by the child)
         proc = subprocess.Popen(
             [sys.executable, "-m", "app"],
@@ -341,7 +357,7 @@ async def make_users(
         u.token = r.json()["access_token"]
         return u
 
-    return await bounded(concurrency, (lambda u=u: setup(u) for u in users))
+    return await bounded(concurrency, (partial(setup, u) for u in users))
 
 
 async def make_threads(
@@ -362,7 +378,7 @@ async def make_threads(
             raise RuntimeError(f"thread {t}: {r.status_code} {r.text}")
         return int(r.json()["id"])
 
-    return await bounded(concurrency, (lambda t=t, g=g: create(t, g) for t, g in enumerate(groups)))
+    return await bounded(concurrency, (partial(create, t, g) for t, g in enumerate(groups)))
 
 
 # --- sockets -------------------------------------------------------------------------------
@@ -393,7 +409,7 @@ class Sockets:
             self.conns[i] = ws
             self.readers.append(asyncio.create_task(self.read(i, ws)))
 
-        await bounded(concurrency, (lambda i=i, u=u: one(i, u) for i, u in enumerate(users)))
+        await bounded(concurrency, (partial(one, i, u) for i, u in enumerate(users)))
 
     async def read(self, i: int, ws: ClientConnection) -> None:
         append, now = self.received.append, time.perf_counter
@@ -413,7 +429,7 @@ class Sockets:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 5)
 
-        await bounded(100, (lambda ws=ws: shut(ws) for ws in live))
+        await bounded(100, (partial(shut, ws) for ws in live))
         for task in self.readers:
             task.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)
@@ -426,7 +442,9 @@ class LoopLag:
     """How late this (client) event loop wakes up: shows whether the client keeps up."""
 
     def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.lags, self.task = interval, [], None  # type: ignore[var-annotated]
+        self.interval = interval
+        self.lags: list[float] = []
+        self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         while True:
@@ -472,7 +490,7 @@ async def run(args: argparse.Namespace) -> int:
     database_url = args.database_url or f"postgresql://postgres@127.0.0.1:5432/{db_name}"
     tmp = Path(tempfile.mkdtemp(prefix="bench_rt_"))
 
-    version = await pg_version(database_url if not own_db else admin_url)
+    version, connections = await pg_info(database_url if not own_db else admin_url)
     before = machine_cpu()
     await asyncio.sleep(1)
     after = machine_cpu()
@@ -481,7 +499,8 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
         f"{platform.python_version()} (client loop: {loop_kind}), {version}; "
-        f"machine {idle_busy:.0f}% busy (all cores) before the start",
+        f"before the start: machine {idle_busy:.0f}% busy (all cores), PostgreSQL "
+        f"{connections}",
         flush=True,
     )
     print(
@@ -525,7 +544,11 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would close
+        # them under a request in flight (an httpx ReadError that is no server failure).
+        limits = httpx.Limits(
+            max_connections=200, max_keepalive_connections=200, keepalive_expiry=2
+        )
         clients = [
             httpx.AsyncClient(base_url=f"http://{s.base}", limits=limits, timeout=60)
             for s in servers
@@ -570,7 +593,9 @@ async def run(args: argparse.Namespace) -> int:
         # that every socket's memberships are loaded and warms the connection pools.
         t0 = time.perf_counter()
         warm_sent: dict[int, float] = {}
-        warm = await asyncio.gather(*(post(t, "warm ", t, warm_sent) for t in range(n_threads)))
+        warm = await bounded(  # a few at a time: no need for the pools' overflow here
+            4 * n_proc, (partial(post, t, "warm ", t, warm_sent) for t in range(n_threads))
+        )
         bad = [w for w in warm if w[3] != 201]
         if bad:
             raise RuntimeError(f"warm-up POSTs failed: {bad[:3]}")
@@ -593,13 +618,18 @@ async def run(args: argparse.Namespace) -> int:
         prefix = f"rt{tag} "
         sent: dict[int, float] = {}
         tasks: list[asyncio.Task[Any]] = []
-        lag = LoopLag()
-        lag.start()
+        # No collector pauses in the client while it takes the times: the run's garbage is
+        # small and acyclic, and the setup's long-lived objects are frozen out of reach.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         pids = [s.proc.pid for s in servers]
         pg_db = database_url.rsplit("/", 1)[-1].split("?")[0]
         sessions0 = await db_sessions(database_url, pg_db)
         cpu0 = ([cpu_seconds(p) for p in pids], postgres_cpu(pg_db), time.process_time())
         machine0, procs0, irq0 = machine_cpu(), all_processes(), softirq_seconds()
+        lag = LoopLag()
+        lag.start()
         print(f"run: {total} messages at {args.rate:g}/s ...", flush=True)
         start = time.perf_counter()
         for k in range(total):
@@ -617,11 +647,12 @@ async def run(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.05)
         wall = time.perf_counter() - start
+        in_time = len(sockets.received)  # what came after the drain window counts as lost
+        drained = time.perf_counter() - drain_start
+        lags = await lag.stop()
         cpu1 = ([cpu_seconds(p) for p in pids], postgres_cpu(pg_db), time.process_time())
         machine1, procs1, irq1 = machine_cpu(), all_processes(), softirq_seconds()
-        in_time = len(sockets.received)  # what came after the drain window counts as lost
-        lags = await lag.stop()
-        drained = time.perf_counter() - drain_start
+        gc.enable()
         await asyncio.sleep(1)  # statistics reach pg_stat_database within a second
         sessions1 = await db_sessions(database_url, pg_db)
 
@@ -718,11 +749,10 @@ async def run(args: argparse.Namespace) -> int:
             f"{busy / wall * 100:.0f}% of {cores * 100:.0f}%, everything else "
             f"{max(0.0, busy - accounted) / wall * 100:.0f}%"
         )
-        if sessions0 and sessions1:
+        if sessions0 is not None and sessions1 is not None:
             print(
-                f"db:         {sessions1[0] - sessions0[0]} new PostgreSQL sessions and "
-                f"{sessions1[1] - sessions0[1]} commits on {pg_db} during the run (1 is "
-                f"this report's; the servers' pools keep theirs, more means pool churn)"
+                f"db:         {sessions1 - sessions0 - 1} PostgreSQL sessions opened by the "
+                f"servers during the run (pools that keep their connections open none)"
             )
         ours = {os.getpid(), *pids}
         others = sorted(
@@ -737,6 +767,8 @@ async def run(args: argparse.Namespace) -> int:
             f"other CPU:  irq+softirq {(irq1 - irq0) / wall * 100:.0f}%; top processes: "
             + "; ".join(f"{c / wall * 100:.0f}% {cmd[:60]}" for c, cmd in others[:3] if c > 0)
         )
+        rss = " + ".join(f"{rss_mb(s.proc.pid)} MB" for s in servers)
+        print(f"server RSS: {rss} (with the sockets open)")
         died = [
             f"server {s.index} (pid {s.proc.pid}) exited with {s.proc.returncode}"
             for s in servers

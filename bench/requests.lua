@@ -1,17 +1,14 @@
 -- wrk script of bench/run.py: cycles through pre-built requests read from a file.
 --
---   wrk -t1 -c32 -d10s -s bench/requests.lua http://127.0.0.1:PORT -- FILE [LIMIT]
+--   wrk -t1 -c32 -d10s -s bench/requests.lua http://127.0.0.1:PORT -- FILE
 --
 -- FILE has one request a line, tab-separated: METHOD, PATH, BEARER TOKEN (or empty),
 -- CONTENT-TYPE (or empty), BODY (or empty). Each wrk thread starts at its own offset.
--- LIMIT (optional): each thread stops after that many responses (the memory soak).
 -- done() prints one line "BENCH {json}" that run.py parses: counts, latency percentiles
 -- in microseconds, errors by kind.
 
 local requests = {}
 local index = 0
-local limit = 0
-local seen = 0
 
 local counter = 0
 function setup(thread)
@@ -21,7 +18,6 @@ end
 
 function init(args)
   local file = args[1]
-  limit = tonumber(args[2] or "0") or 0
   for line in io.lines(file) do
     local method, path, token, ctype, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
     if method then
@@ -43,21 +39,11 @@ function init(args)
   end
   -- Spread the threads over the file.
   index = ((thread_number or 1) * 7919) % #requests
-  if limit <= 0 then
-    response = nil -- wrk skips parsing headers and bodies when there is no response()
-  end
 end
 
 function request()
   index = index % #requests + 1
   return requests[index]
-end
-
-function response(status, headers, body)
-  seen = seen + 1
-  if seen >= limit then
-    wrk.thread:stop()
-  end
 end
 
 function done(summary, latency, requests)
