@@ -1,10 +1,13 @@
 """Passwords, tokens, the current user and its scopes, and the failed-login limit."""
 
+import asyncio
+import os
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, HTTPException, Security, status
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +22,7 @@ from app.repository import Repository
 from app.settings import settings
 
 ALGORITHM = "HS256"
+T = TypeVar("T")
 
 pwd_context = CryptContext(
     schemes=["argon2"],
@@ -31,10 +35,19 @@ pwd_context = CryptContext(
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", scopes=SCOPES)
 
 
-# Argon2 takes tens of milliseconds of CPU: run it in a thread (argon2-cffi releases the
-# GIL), never on the event loop.
+# Argon2 takes tens of milliseconds of CPU and 19 MiB: run it in a thread (argon2-cffi
+# releases the GIL), never on the event loop, and a core's worth at a time at most, so a
+# burst of logins leaves a core to everyone else and memory stays bounded.
+_hash_slots = asyncio.Semaphore(max(1, (os.cpu_count() or 2) - 1))
+
+
+async def _in_hash_slot(fn: Callable[..., T], *args: Any) -> T:
+    async with _hash_slots:
+        return await run_in_threadpool(fn, *args)
+
+
 async def hash_password(password: str) -> str:
-    return await run_in_threadpool(pwd_context.hash, password)
+    return await _in_hash_slot(pwd_context.hash, password)
 
 
 async def verify_password(password: str, hashed: str | None) -> tuple[bool, str | None]:
@@ -43,9 +56,11 @@ async def verify_password(password: str, hashed: str | None) -> tuple[bool, str 
     With no stored hash (unknown email) a dummy is checked, so the time taken does not
     tell whether the email exists.
     """
-    ok, new_hash = await run_in_threadpool(
-        pwd_context.verify_and_update, password, hashed or _dummy_hash()
-    )
+
+    def verify() -> tuple[bool, str | None]:  # the dummy is made in the thread too
+        return pwd_context.verify_and_update(password, hashed or _dummy_hash())
+
+    ok, new_hash = await _in_hash_slot(verify)
     return ok and hashed is not None, new_hash
 
 

@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
 
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # A fixed pool: overflow connections would be opened and closed request after request.
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
     cors_origins: list[str] = []
 
     @model_validator(mode="after")

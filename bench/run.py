@@ -1,7 +1,7 @@
 """Load harness: the app on PostgreSQL against a raw-asyncpg ceiling, driven by wrk.
 
-    .venv/bin/python bench/run.py            # the full run (~25 min with the 1M soak)
-    .venv/bin/python bench/run.py --quick    # smoke test on small data (~1.5 min)
+    .venv/bin/python bench/run.py            # the full run (~45 min, 30 of them the 1M soak)
+    .venv/bin/python bench/run.py --quick    # smoke test on small data (~2 min)
 
 See bench/README.md for what it does, the options and the last results.
 """
