@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -365,6 +366,18 @@ def read_status(pid: int) -> dict[str, int]:
                 key, value = line.split(":", 1)
                 out[key] = int(value.split()[0])
     return out
+
+
+def free_port(port: int) -> int:
+    """`port`, or the next one nobody listens on (another bench may be running)."""
+    for candidate in range(port, port + 200, 4):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError(f"no free port from {port}")
 
 
 class Server:
@@ -1059,8 +1072,15 @@ def parse_args() -> argparse.Namespace:
         help="run a copy of app/ and migrations/ taken at the start (edits during the run "
         "do not reach it)",
     )
-    p.add_argument("--db-prefix", default="bench_")
-    p.add_argument("--port", type=int, default=18080, help="first of 4 ports")
+    p.add_argument(
+        "--db-prefix",
+        default="",
+        help="database names: PREFIXmain, PREFIXsmall (default: bench_PID_, or bench_ "
+        "with --reuse/--keep)",
+    )
+    p.add_argument(
+        "--port", type=int, default=18080, help="first of 4 ports (a busy one is skipped)"
+    )
     p.add_argument("--server-cpu", default="0")
     p.add_argument("--wrk-cpu", default="1")
     p.add_argument("--out", default=str(BENCH / "out"), help="where results are written")
@@ -1103,7 +1123,10 @@ def main() -> None:
     if a.snapshot:
         APP_ROOT = snapshot(workdir)
     check_app_imports()
-    big_db, small_db = f"{a.db_prefix}main", f"{a.db_prefix}small"
+    # Runs at the same time must not share databases: a fresh run's names carry its pid;
+    # --reuse/--keep use fixed names, so a later run can find them.
+    prefix = a.db_prefix or ("bench_" if a.reuse or a.keep else f"bench_{os.getpid()}_")
+    big_db, small_db = f"{prefix}main", f"{prefix}small"
     started = time.monotonic()
     servers: list[Server] = []
     res: dict[str, Any] = {
@@ -1149,7 +1172,7 @@ def main() -> None:
         )
 
         def server(kind: str, db: str, port: int, label: str = "") -> Server:
-            s = Server(kind, db, port, a.server_cpu, workdir, label)
+            s = Server(kind, db, free_port(port), a.server_cpu, workdir, label)
             servers.append(s)
             return s
 
