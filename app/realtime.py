@@ -1,4 +1,4 @@
-"""Realtime events: routers publish them inside their transaction; each process has one
+"""Realtime events: routes publish them inside their transaction; each process has one
 hub that fans them out to its WebSockets after the commit.
 
 On PostgreSQL the events travel as NOTIFY, which is delivered only on commit and in commit
@@ -15,17 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
-from sqlalchemy import event, false, inspect, make_url, text
-from sqlalchemy.orm import Session
-from sqlmodel import col, select
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import SessionMaker
-from app.models.message import Message, MessageOut
-from app.models.thread import Membership, Thread, ThreadOut
-from app.models.user import User
-from app.security import decode_token, unauthorized, user_for_token
+from app import db
+from app.models.thread import ThreadOut
+from app.repositories.messages import Messages
+from app.repositories.threads import Threads
 from app.settings import settings
 
 log = logging.getLogger(__name__)
@@ -33,59 +31,53 @@ log = logging.getLogger(__name__)
 CHANNEL = "app_events"
 NOTIFY_LIMIT = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
-CLOSE_BAD_TOKEN, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 1012, 1013
+CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
+READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 
 
-def publish(session: Any, type: str, thread_id: int, data: BaseModel | dict[str, Any]) -> None:
-    """Queue an event on the request's transaction; it is sent only if that commits."""
+def publish(
+    conn: AsyncConnection,
+    type: str,
+    thread_id: int,
+    data: BaseModel | dict[str, Any],
+    version: int | None = None,
+) -> None:
+    """Queue an event on the request's transaction; it is sent only if that commits.
+    `version`: the thread's version after the change (every event that changes it)."""
     if isinstance(data, ThreadOut):  # counts differ per reader: they come from REST
         data = data.model_copy(update={"unread_count": 0})
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    session.info.setdefault("events", []).append(
-        {"type": type, "thread_id": thread_id, "data": payload}
-    )
+    event = {"type": type, "thread_id": thread_id, "data": payload}
+    if version is not None:
+        event["version"] = version
+    db.publish(conn, event)
 
 
-@event.listens_for(Session, "before_flush")
-def _revocations(session: Session, *_: Any) -> None:
-    """Sockets of a user whose tokens stop working are closed: logout, password change,
-    deactivation and deletion all show in the user row, so watch the row."""
-    for obj in session.dirty:
-        if isinstance(obj, User):
-            state = inspect(obj)
-            if any(
-                state.attrs[a].history.has_changes()
-                for a in ("token_version", "deleted", "is_active")
-            ):
-                session.info.setdefault("events", []).append(
-                    {"type": "user.revoked", "user_id": obj.id}
-                )
-
-
-async def send_pending(session: Any) -> None:
-    """Before commit, on PostgreSQL: NOTIFY inside the transaction."""
-    events = session.info.get("events")
-    if not events or settings.is_sqlite:
-        return
+async def _notify(conn: AsyncConnection, events: list[db.Event]) -> None:
+    """Before commit, on PostgreSQL: NOTIFY inside the transaction, one round trip."""
     payloads = []
     for e in events:
         payload = json.dumps(e, separators=(",", ":"))
         if len(payload.encode()) > NOTIFY_LIMIT:  # too big: send a reference, load it later
-            ref = {"type": e["type"], "thread_id": e["thread_id"], "id": e["data"]["id"]}
-            payload = json.dumps({**ref, "ref": True})
+            ref = {k: e[k] for k in ("type", "thread_id", "version") if k in e}
+            payload = json.dumps({**ref, "id": e["data"]["id"], "ref": True})
         payloads.append(payload)
-    await (await session.connection()).execute(
+    await conn.execute(
         text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
         {"channel": CHANNEL, "payloads": payloads},
     )
 
 
-def after_commit(session: Any) -> None:
+def _deliver(events: list[db.Event]) -> None:
     """After commit, on SQLite: hand the events to this process's hub."""
-    events = session.info.pop("events", None)
-    if events and settings.is_sqlite:
-        for e in events:
-            hub.incoming.put_nowait(e)
+    for e in events:
+        hub.incoming.put_nowait(e)
+
+
+if settings.is_sqlite:
+    db.after_commit.append(_deliver)
+else:
+    db.before_commit.append(_notify)
 
 
 class Connection:
@@ -162,13 +154,19 @@ class Hub:
             if not conns:
                 del self.threads[thread_id]
 
-    def connect(self, conn: Connection) -> None:
+    def connect(self, conn: Connection) -> bool:
+        """Register a socket (False: the user has WS_MAX_PER_USER here already); from now
+        on its events are kept until its threads are known."""
+        if len(self.users.get(conn.user_id, ())) >= settings.ws_max_per_user:
+            return False
         self.users[conn.user_id].add(conn)
         self.loading.add(conn)
+        return True
 
     def ready(self, conn: Connection, thread_ids: Iterable[int]) -> None:
         """Its threads are loaded: events that came in meanwhile are applied in order."""
         conn.threads = set()
+        conn.send(READY)  # everything committed from here on reaches the socket
         for thread_id in thread_ids:
             self.join(conn, thread_id)
         self.loading.discard(conn)
@@ -178,9 +176,10 @@ class Hub:
 
     def disconnect(self, conn: Connection) -> None:
         self.loading.discard(conn)
-        self.users[conn.user_id].discard(conn)
-        if not self.users[conn.user_id]:
-            del self.users[conn.user_id]
+        if (mine := self.users.get(conn.user_id)) is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.users[conn.user_id]
         for thread_id in list(conn.threads or ()):
             self.leave(conn, thread_id)
 
@@ -212,7 +211,7 @@ class Hub:
 
     async def listen(self) -> None:
         """PostgreSQL: one LISTEN connection per process, re-opened when it drops."""
-        url = make_url(settings.async_database_url).set(drivername="postgresql")
+        url = make_url(settings.direct_database_url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
         while True:
             lost = asyncio.Event()
@@ -254,62 +253,30 @@ hub = Hub()
 
 async def load(event: dict[str, Any]) -> dict[str, Any]:
     """The data of an event too big for NOTIFY, read back once per process."""
-    from app.routers.threads import thread_views  # the view needs the threads router's query
-
-    async with SessionMaker() as session:
-        if event["type"].startswith("message."):
-            message = await session.get(Message, event.pop("id"))
-            return MessageOut.model_validate(message).model_dump(mode="json")
+    async with db.connect() as conn:
+        if event["type"].startswith(("message.", "reaction.")):
+            message = await Messages(conn).get(event.pop("id"))
+            assert message is not None
+            return message.model_dump(mode="json")
         event.pop("id")
-        thread = await session.get(Thread, event["thread_id"])
-        assert thread is not None
-        [view] = await thread_views(session, [(thread, 0)])
-        return view.model_dump(mode="json")
+        view = await Threads(conn).view(event["thread_id"], 0)
+        return view.model_copy(update={"unread_count": 0}).model_dump(mode="json")
 
 
-router = APIRouter(tags=["realtime"])
-
-
-@router.websocket("/ws")
-async def events(websocket: WebSocket, token: str = "") -> None:
-    """Events of the caller's threads; see the API description for their shapes."""
-    # Accept first: a close code can only travel on an accepted socket.
-    await websocket.accept()
-    try:
-        claims = decode_token(token, "access")
-        if "regular" not in claims.scopes:
-            raise unauthorized()
-        async with SessionMaker() as session:
-            user = await user_for_token(session, claims)
-            conn = Connection(hub, user.id, websocket)
-            hub.connect(conn)  # from here on, events are kept until its threads are known
-            stmt = (
-                select(Membership.thread_id)
-                .join(Thread, col(Thread.id) == Membership.thread_id)
-                .where(
-                    Membership.user_id == user.id,
-                    Membership.deleted == false(),
-                    Thread.deleted == false(),
-                )
-            )
-            thread_ids = (await session.exec(stmt)).all()
-    except HTTPException:
-        await websocket.close(CLOSE_BAD_TOKEN)
+async def serve(websocket: WebSocket, user_id: int, expires_at: float) -> None:
+    """Stream a user's events to an accepted socket until either side closes it."""
+    conn = Connection(hub, user_id, websocket)
+    if not hub.connect(conn):
+        await websocket.close(CLOSE_TOO_MANY)
         return
-    hub.ready(conn, thread_ids)
-    expiry = asyncio.get_running_loop().call_later(
-        max(0.0, claims.exp - time.time()), conn.close, CLOSE_BAD_TOKEN
-    )
-
-    async def read_until_closed() -> None:
-        try:
-            while (await websocket.receive())["type"] != "websocket.disconnect":
-                pass  # clients only listen; anything they send is ignored
-        except WebSocketDisconnect:
-            pass
-
-    tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(read_until_closed())}
-    try:
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(max(0.0, expires_at - time.time()), conn.close, CLOSE_BAD_TOKEN)
+    tasks: set[asyncio.Task[None]] = set()
+    try:  # whatever fails from here on, the socket is unregistered
+        async with db.connect() as session:
+            thread_ids = await Threads(session).ids_of(user_id)
+        hub.ready(conn, thread_ids)
+        tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(_drain(websocket))}
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         expiry.cancel()
@@ -317,3 +284,12 @@ async def events(websocket: WebSocket, token: str = "") -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         hub.disconnect(conn)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Clients only listen: read what they send (and the close) and ignore it."""
+    try:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+    except (WebSocketDisconnect, RuntimeError):
+        pass

@@ -1,28 +1,30 @@
-"""Passwords, tokens, the current user and its scopes, and the failed-login limit."""
+"""Passwords, tokens and login limits: what decides who the caller is."""
 
 import asyncio
+import logging
 import os
-import time
-from collections import defaultdict, deque
+import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from fastapi import Depends, HTTPException, Security, status
+from email_validator import EmailNotValidError, validate_email
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from jose import JWTError, jwt
 from passlib.context import CryptContext
 from pydantic import BaseModel, ValidationError
 
-from app.db import SessionDep, utcnow
-from app.models.user import SCOPES, User
-from app.repository import Repository
+from app.db import begin
+from app.errors import Conflict, TooManyAttempts, Unavailable
+from app.models.base import utcnow
+from app.models.user import SCOPES, UserRow
+from app.repositories.users import Users
 from app.settings import settings
 
 ALGORITHM = "HS256"
 T = TypeVar("T")
+log = logging.getLogger("app")
 
 pwd_context = CryptContext(
     schemes=["argon2"],
@@ -32,18 +34,23 @@ pwd_context = CryptContext(
     argon2__parallelism=settings.argon2_parallelism,
 )
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", scopes=SCOPES)
-
-
 # Argon2 takes tens of milliseconds of CPU and 19 MiB: run it in a thread (argon2-cffi
-# releases the GIL), never on the event loop, and a core's worth at a time at most, so a
-# burst of logins leaves a core to everyone else and memory stays bounded.
+# releases the GIL), a core's worth at a time at most, so a burst of logins leaves a core
+# to everyone else; beyond a bounded queue, 503 at once instead of piling up.
 _hash_slots = asyncio.Semaphore(max(1, (os.cpu_count() or 2) - 1))
+_hash_waiting = 0
 
 
 async def _in_hash_slot(fn: Callable[..., T], *args: Any) -> T:
-    async with _hash_slots:
-        return await run_in_threadpool(fn, *args)
+    global _hash_waiting
+    if _hash_waiting >= settings.hash_queue_size:
+        raise Unavailable("Too many logins at once; try again in a moment")
+    _hash_waiting += 1
+    try:
+        async with _hash_slots:
+            return await run_in_threadpool(fn, *args)
+    finally:
+        _hash_waiting -= 1
 
 
 async def hash_password(password: str) -> str:
@@ -69,12 +76,26 @@ def _dummy_hash() -> str:
     return pwd_context.hash("not a password anyone has")
 
 
+def normalise_email(value: str) -> str | None:
+    """As signup stores emails (email-validator's normalisation, then lower case); None for
+    what is no email."""
+    try:
+        return validate_email(value, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        return None
+
+
+# --------------------------------------------------------------------------- tokens
+
+
 class TokenClaims(BaseModel):
     sub: int
     ver: int
+    sid: int  # the login (auth_session row) this token descends from
     type: Literal["access", "refresh"]
     scope: str = ""
     exp: int
+    jti: str | None = None
 
     @property
     def scopes(self) -> list[str]:
@@ -89,126 +110,118 @@ class TokenPair(BaseModel):
     scope: str
 
 
-def create_tokens(user: User, scopes: list[str]) -> TokenPair:
+def create_tokens(
+    user: UserRow, scopes: list[str], sid: int, jti: str, chain_ends: datetime
+) -> TokenPair:
     scope = " ".join(s for s in SCOPES if s in scopes)  # canonical order
-
-    def token(kind: str, lifetime: timedelta) -> str:
-        claims = {
-            "sub": str(user.id),
-            "ver": user.token_version,
-            "type": kind,
-            "scope": scope,
-            "iat": utcnow(),
-            "exp": utcnow() + lifetime,
-        }
-        return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
-
+    now = utcnow()
     access = timedelta(minutes=settings.access_token_expire_minutes)
+    claims = {"sub": str(user.id), "ver": user.token_version, "sid": sid, "scope": scope}
+
+    def token(**extra: Any) -> str:
+        return jwt.encode({**claims, "iat": now, **extra}, settings.secret_key, ALGORITHM)
+
     return TokenPair(
-        access_token=token("access", access),
+        access_token=token(type="access", exp=min(now + access, chain_ends)),
         expires_in=int(access.total_seconds()),
-        refresh_token=token("refresh", timedelta(minutes=settings.refresh_token_expire_minutes)),
+        refresh_token=token(type="refresh", exp=chain_ends, jti=jti),
         scope=scope,
     )
 
 
-def unauthorized(detail: str = "Could not validate credentials") -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-def decode_token(token: str, kind: Literal["access", "refresh"]) -> TokenClaims:
+def decode_token(token: str, kind: Literal["access", "refresh"]) -> TokenClaims | None:
     try:
         # algorithms pinned: the token's own header is never trusted.
         payload: dict[str, Any] = jwt.decode(token, settings.secret_key, algorithms=[ALGORITHM])
         claims = TokenClaims.model_validate(payload)
-    except (JWTError, ValidationError) as exc:
-        raise unauthorized() from exc
-    if claims.type != kind:  # an access token is no refresh token, and the reverse
-        raise unauthorized()
-    return claims
-
-
-async def user_for_token(session: SessionDep, claims: TokenClaims) -> User:
-    """The live user a token speaks for; logout, password change and deactivation bump
-    `token_version`, which revokes every token issued before."""
-    user = await Repository(session, User).get(claims.sub)
-    if user is None or not user.is_active or user.token_version != claims.ver:
-        raise unauthorized()
-    return user
-
-
-async def access_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
-    return decode_token(token, "access")
-
-
-Claims = Annotated[TokenClaims, Depends(access_claims)]
-
-
-async def get_current_user(
-    security_scopes: SecurityScopes, session: SessionDep, claims: Claims
-) -> User:
-    user = await user_for_token(session, claims)
-    granted = set(claims.scopes) & set(user.scopes)  # scopes taken away since still count
-    if not set(security_scopes.scopes) <= granted:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            "Not enough permissions",
-            headers={"WWW-Authenticate": f'Bearer scope="{security_scopes.scope_str}"'},
-        )
-    return user
-
-
-AnyScopeUser = Annotated[User, Security(get_current_user)]
-CurrentUser = Annotated[User, Security(get_current_user, scopes=["regular"])]
-AdminUser = Annotated[User, Security(get_current_user, scopes=["admin"])]
-
-
-def token_has(claims: TokenClaims, user: User, scope: str) -> bool:
-    return scope in claims.scopes and scope in user.scopes
-
-
-class LoginLimiter:
-    """Failed logins per email and per client address in a sliding window.
-
-    In memory, so each server process counts on its own: with N processes an attacker
-    gets at most N times the allowance, which still stops guessing at scale.
-    """
-
-    def __init__(self) -> None:
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self.failures[key]
-        while times and times[0] <= now - settings.login_failure_window_seconds:
-            times.popleft()
-        return times
-
-    def retry_after(self, email: str, address: str) -> int | None:
-        """Seconds to wait if either limit is reached, else None."""
-        now = time.monotonic()
-        for key, allowed in (
-            (f"email:{email}", settings.login_failures_per_email),
-            (f"addr:{address}", settings.login_failures_per_address),
-        ):
-            times = self._recent(key, now)
-            if len(times) >= allowed:
-                return max(
-                    1, int(times[-allowed] + settings.login_failure_window_seconds - now) + 1
-                )
+    except (JWTError, ValidationError):
         return None
-
-    def failed(self, email: str, address: str) -> None:
-        now = time.monotonic()
-        if len(self.failures) > 100_000:  # forget idle keys so memory stays bounded
-            for key in [k for k, v in self.failures.items() if not self._recent(k, now)]:
-                del self.failures[key]
-        self.failures[f"email:{email}"].append(now)
-        self.failures[f"addr:{address}"].append(now)
-
-    def succeeded(self, email: str) -> None:
-        self.failures.pop(f"email:{email}", None)
+    # An access token is no refresh token, and the reverse.
+    return claims if claims.type == kind else None
 
 
-login_limiter = LoginLimiter()
+async def start_session(users: Users, user: UserRow, scopes: list[str]) -> TokenPair:
+    """A new login: its chain of refresh tokens ends REFRESH_TOKEN_EXPIRE_MINUTES from now."""
+    jti = secrets.token_urlsafe(16)
+    lifetime = timedelta(minutes=settings.refresh_token_expire_minutes)
+    sid, ends = await users.open_session(user.id, jti, lifetime)
+    return create_tokens(user, scopes, sid, jti, ends)
+
+
+async def refresh_session(users: Users, claims: TokenClaims) -> TokenPair | None:
+    """The next pair of a chain, or None. A refresh token presented twice ends its chain:
+    one of its two holders is a thief, and neither may go on."""
+    user = await users.for_token(claims.sub, claims.sid)
+    if user is None or user.token_version != claims.ver or claims.jti is None:
+        return None
+    jti = secrets.token_urlsafe(16)
+    ends = await users.rotate_session(claims.sid, claims.jti, jti)
+    if ends is None:
+        await users.end_session(claims.sid)
+        return None
+    return create_tokens(
+        user, [s for s in claims.scopes if s in user.scopes], claims.sid, jti, ends
+    )
+
+
+# --------------------------------------------------------------------------- limits
+
+
+async def count_attempt(users: Users, email: str, address: str) -> None:
+    """Count a password attempt before it is checked, so parallel guesses cannot slip past
+    the limits; TooManyAttempts once either is used up."""
+    window = timedelta(seconds=settings.login_failure_window_seconds)
+    for key, allowed in (
+        (f"email:{email}", settings.login_failures_per_email),
+        (f"addr:{address}", settings.login_failures_per_address),
+    ):
+        count, start = await users.count_attempt(key, window)
+        if count > allowed:
+            wait = (start + window - utcnow()).total_seconds()
+            raise TooManyAttempts(max(1, int(wait) + 1))
+
+
+async def limited(email: str, address: str) -> None:
+    """count_attempt in a transaction of its own: committed before the password is checked,
+    so the connection is not held while the check waits for a core."""
+    async with begin() as conn:
+        await count_attempt(Users(conn), email, address)
+
+
+async def succeeded(users: Users, email: str, address: str) -> None:
+    """A good password: the email's failures are forgotten, and this attempt does not count
+    against the address (an office behind one address logs in all morning)."""
+    await users.forget_attempts(f"email:{email}")
+    await users.uncount(f"addr:{address}")
+
+
+async def ensure_first_superuser() -> None:
+    """FIRST_SUPERUSER_EMAIL gets all scopes if it is free, or if whoever holds it knows
+    FIRST_SUPERUSER_PASSWORD; anyone else who took that email gains nothing."""
+    email, password = settings.first_superuser_email, settings.first_superuser_password
+    if not (email and password and (email := normalise_email(email) or "")):
+        return
+    async with begin() as conn:
+        users = Users(conn)
+        user = await users.by_email(email)
+    if user is not None:
+        ok, _ = await verify_password(password, user.hashed_password)
+        if not ok:
+            log.warning("FIRST_SUPERUSER_EMAIL belongs to a user without that password: unchanged")
+            return
+    hashed = await hash_password(password) if user is None else None
+    try:
+        async with begin() as conn:
+            users = Users(conn)
+            if user is None:
+                await users.create(
+                    email=email,
+                    full_name="Superuser",
+                    hashed_password=hashed,
+                    scopes=list(SCOPES),
+                    email_verified=True,
+                )
+            else:
+                await users.update(user.id, scopes=list(SCOPES), is_active=True)
+    except Conflict:
+        pass  # another process starting at the same time created it

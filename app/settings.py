@@ -15,8 +15,13 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///./app.db"
     secret_key: str = DEV_SECRET_KEY
+    # A direct connection for LISTEN and migrations when DATABASE_URL is a pooler's.
+    database_url_direct: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
+    # Proxies whose X-Forwarded-For is believed (uvicorn's own setting); none by default.
+    forwarded_allow_ips: str | None = None
 
     first_superuser_email: str | None = None
     first_superuser_password: str | None = None
@@ -33,34 +38,58 @@ class Settings(BaseSettings):
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
 
+    # Password hashes waiting for a core beyond this answer 503 at once.
+    hash_queue_size: int = 32
+
     # A fixed pool: overflow connections would be opened and closed request after request.
     db_pool_size: int = 20
     db_max_overflow: int = 0
+    db_pool_timeout: float = 10
     cors_origins: list[str] = []
+
+    ws_max_per_user: int = 10
+    email_verification_required: bool = False
+    metrics_enabled: bool = False
+    sentry_dsn: str | None = None
 
     @model_validator(mode="after")
     def _refuse_sample_secret_in_production(self) -> "Settings":
-        if self.environment == "production" and self.secret_key in SAMPLE_SECRET_KEYS:
+        weak = self.secret_key in SAMPLE_SECRET_KEYS or len(self.secret_key) < 32
+        if self.environment == "production" and weak:
             raise ValueError(
-                "SECRET_KEY is missing or a sample value; set a random one for production "
+                "SECRET_KEY is missing, a sample value or shorter than 32 characters; "
+                "set a random one for production "
                 '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
             )
         return self
 
     @cached_property
     def async_database_url(self) -> str:
-        """The URL with an async driver: postgresql:// and postgres:// mean asyncpg."""
-        url = self.database_url
-        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
-            if url.startswith(prefix):
-                return "postgresql+asyncpg://" + url[len(prefix) :]
-        if url.startswith("sqlite://"):
-            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-        return url
+        return async_url(self.database_url)
+
+    @cached_property
+    def direct_database_url(self) -> str:
+        return async_url(self.database_url_direct or self.database_url)
+
+    @property
+    def behind_pooler(self) -> bool:
+        """A pooler in transaction mode shares server connections between clients, so
+        prepared statements cannot be cached on them."""
+        return self.direct_database_url != self.async_database_url
 
     @property
     def is_sqlite(self) -> bool:
         return self.async_database_url.startswith("sqlite")
+
+
+def async_url(url: str) -> str:
+    """The URL with an async driver: postgresql:// and postgres:// mean asyncpg."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
 
 
 def _load() -> Settings:

@@ -9,7 +9,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from app.db import UTCDateTime
+from app.models.base import UTCDateTime
 from app.settings import settings
 
 config = context.config
@@ -37,14 +37,14 @@ def run(connection: Connection) -> None:
 
 
 async def run_async() -> None:
-    engine = create_async_engine(settings.async_database_url, poolclass=NullPool)
+    engine = create_async_engine(settings.direct_database_url, poolclass=NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(run)
     await engine.dispose()
 
 
 if context.is_offline_mode():
-    context.configure(url=settings.async_database_url, target_metadata=SQLModel.metadata)
+    context.configure(url=settings.direct_database_url, target_metadata=SQLModel.metadata)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -23,7 +23,6 @@ from sqlmodel import SQLModel  # noqa: E402
 
 from app.db import engine, migrate_to_head  # noqa: E402
 from app.main import app  # noqa: E402
-from app.security import login_limiter  # noqa: E402
 from app.settings import settings  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -53,7 +52,6 @@ async def clean_tables() -> AsyncIterator[None]:
         else:
             names = ", ".join(f'"{n}"' for n in tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    login_limiter.failures.clear()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ async def test_signup_returns_user_private(client: AsyncClient) -> None:
     assert r.status_code == 201
     body = r.json()
     assert set(body) == {
-        "id", "email", "full_name", "scopes", "is_active", "created_at", "updated_at"
+        "id", "email", "full_name", "scopes", "is_active", "email_verified", "created_at", "updated_at"
     }  # fmt: skip
     assert body["email"] == "ann@example.com"
     assert body["scopes"] == ["regular"] and body["is_active"] is True
@@ -221,7 +221,8 @@ def forge(claims: dict[str, object], key: str | None = None, algorithm: str = "H
 async def test_bad_tokens_are_401(client: AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
     now = datetime.now(UTC)
-    good = {"sub": str(user["id"]), "ver": 0, "type": "access", "scope": "regular"}
+    sid = jwt.get_unverified_claims(user["token"]["access_token"])["sid"]
+    good = {"sub": str(user["id"]), "ver": 0, "sid": sid, "type": "access", "scope": "regular"}
     header, payload, _ = user["token"]["access_token"].split(".")
     import base64
     import json

@@ -14,7 +14,8 @@ from tests.conftest import MakeUser, User, fetch
 from tests.test_threads import new_thread, send
 
 MESSAGE = {
-    "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at"
+    "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
+    "reactions", "version",
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ def tour_blocks(language: str) -> list[str]:
 def test_the_readme_tour_runs(tmp_path: Path) -> None:
     shell = tour_blocks("sh")
     [watcher] = tour_blocks("python")
-    assert len(shell) == 2
+    assert len(shell) == 3
     (tmp_path / "watch.py").write_text(watcher)
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the tour uses .venv/bin/python
     with serve(tmp_path) as base:
@@ -32,4 +32,7 @@ def test_the_readme_tour_runs(tmp_path: Path) -> None:
     lines = run.stdout.splitlines()
     assert lines[0].startswith('{"id":') and '"email":"ada@example.com"' in lines[0]
     assert lines[2:6] == ["3", "The usual place", "Lunch at noon?", "0"], lines
-    assert "event: {'type': 'message.created'" in lines[-1] and "On my way" in lines[-1]
+    event = next(line for line in lines if line.startswith("event:"))
+    assert "'type': 'message.created'" in event and "On my way" in event
+    # Caught up through the changes feed: the edit, a tombstone, the new message.
+    assert lines[-3:] == ["5 The usual place, 12:30", "6 deleted", "7 Table for two"], lines

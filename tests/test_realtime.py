@@ -16,13 +16,17 @@ from tests.conftest import MakeUser, User
 from tests.test_threads import new_thread, send
 
 
+READY = {"type": "ready", "thread_id": None, "data": {}}
+
+
 def ws_url(server: str, token: str) -> str:
     return f"ws://{server}/api/ws?token={token}"
 
 
 async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
     ws = await connect(ws_url(server, user["token"]["access_token"]), **kwargs)
-    await asyncio.sleep(0.1)  # let the server load the user's threads
+    # Subscribed: everything committed from here on will arrive.
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == READY
     return ws
 
 
@@ -60,7 +64,10 @@ async def test_members_receive_events_and_others_do_not(
     assert created["data"]["id"] == thread["id"]
     message = await send(client, me, thread["id"], "hello")
     event = await next_event(ws_friend)
-    assert event == {"type": "message.created", "thread_id": thread["id"], "data": message}
+    assert event == {
+        "type": "message.created", "thread_id": thread["id"], "data": message,
+        "version": message["version"],
+    }  # fmt: skip
     edited = await client.patch(
         f"/api/threads/{thread['id']}/messages/{message['id']}",
         json={"body": "hello!"},
@@ -91,8 +98,10 @@ async def test_membership_changes_take_effect_live(
         json={"user_id": newcomer["id"]},
         headers=owner.headers,
     )
-    assert (await next_event(ws)) == {
-        "type": "member.added", "thread_id": thread["id"], "data": {"user_id": newcomer["id"]}
+    added = await next_event(ws)
+    assert added == {
+        "type": "member.added", "thread_id": thread["id"], "data": {"user_id": newcomer["id"]},
+        "version": added["version"],
     }  # fmt: skip
     now = await send(client, owner, thread["id"], "now")
     assert (await next_event(ws))["data"] == now
@@ -138,9 +147,18 @@ async def test_expired_token_closes_the_socket(live_server: str, make_user: Make
 
     user = await make_user()
     exp = datetime.now(UTC) + timedelta(seconds=2)
-    claims = {"sub": str(user["id"]), "ver": 0, "type": "access", "scope": "regular", "exp": exp}
+    sid = jwt.get_unverified_claims(user["token"]["access_token"])["sid"]
+    claims = {
+        "sub": str(user["id"]),
+        "ver": 0,
+        "sid": sid,
+        "type": "access",
+        "scope": "regular",
+        "exp": exp,
+    }
     token = jwt.encode(claims, settings.secret_key, algorithm="HS256")
     async with connect(ws_url(live_server, token)) as ws:
+        assert await next_event(ws) == READY
         await assert_silent(ws, 0.3)  # accepted and open while the token is live
         assert await close_code(ws, timeout=4) == 4401
 

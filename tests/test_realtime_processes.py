@@ -101,15 +101,23 @@ async def new_thread(owner: Peer, *members: Peer) -> int:
     return int(r.json()["id"])
 
 
+async def ready(*sockets: Any) -> None:
+    for ws in sockets:  # subscribed: what is committed from now on arrives
+        assert (await next_event(ws))["type"] == "ready"
+
+
 async def test_events_cross_processes(servers: list[str], peers: list[Peer]) -> None:
     a, b, stranger, _ = peers  # a and stranger talk to server 0, b to server 1
     async with b.listen(servers[1]) as ws_b, stranger.listen(servers[1]) as ws_stranger:
-        await asyncio.sleep(0.2)
+        await ready(ws_b, ws_stranger)
         thread_id = await new_thread(a, b)
         assert (await next_event(ws_b))["type"] == "thread.created"
         message = await a.send(thread_id, "across")  # posted on server 0 ...
         event = await next_event(ws_b)  # ... received on server 1
-        assert event == {"type": "message.created", "thread_id": thread_id, "data": message}
+        assert event == {
+            "type": "message.created", "thread_id": thread_id, "data": message,
+            "version": message["version"],
+        }  # fmt: skip
         message = await b.send(thread_id, "back")  # posted on server 1, seen on server 1 too
         assert (await next_event(ws_b))["data"] == message
         await assert_silent(ws_stranger)
@@ -119,7 +127,7 @@ async def test_order_holds_across_processes(servers: list[str], peers: list[Peer
     a, b, c, d = peers
     thread_id = await new_thread(a, b, c, d)
     async with a.listen(servers[0]) as ws0, a.listen(servers[1]) as ws1:
-        await asyncio.sleep(0.2)
+        await ready(ws0, ws1)
         sent = await asyncio.gather(*(p.send(thread_id, f"m{n}") for n in range(10) for p in peers))
         expected = sorted(m["id"] for m in sent)
         for ws in (ws0, ws1):
@@ -131,7 +139,7 @@ async def test_removed_member_stops_receiving(servers: list[str], peers: list[Pe
     a, b, *_ = peers
     thread_id = await new_thread(a, b)
     async with b.listen(servers[1]) as ws:
-        await asyncio.sleep(0.2)
+        await ready(ws)
         r = await a.http.delete(f"/api/threads/{thread_id}/members/{b.user['id']}")
         assert r.status_code == 204
         assert (await next_event(ws))["type"] == "member.removed"
@@ -144,7 +152,7 @@ async def test_bad_and_revoked_tokens_get_4401(servers: list[str], peers: list[P
     async with connect(f"ws://{servers[1]}/api/ws?token=nonsense") as ws:
         assert await close_code(ws) == 4401
     async with b.listen(servers[0]) as ws:
-        await asyncio.sleep(0.2)
+        await ready(ws)
         logout = await httpx.AsyncClient(base_url=f"http://{servers[1]}").post(
             "/api/auth/logout", headers={"Authorization": f"Bearer {b.token}"}
         )
@@ -158,7 +166,7 @@ async def test_listener_reconnects_and_sockets_are_told(
     a, b, *_ = peers
     thread_id = await new_thread(a, b)
     async with b.listen(servers[0]) as ws:
-        await asyncio.sleep(0.2)
+        await ready(ws)
         await fetch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'app-events'"
@@ -173,6 +181,6 @@ async def test_listener_reconnects_and_sockets_are_told(
             break
         await asyncio.sleep(0.2)
     async with b.listen(servers[0]) as ws:
-        await asyncio.sleep(0.2)
+        await ready(ws)
         message = await a.send(thread_id, "after the outage")
         assert (await next_event(ws))["data"] == message

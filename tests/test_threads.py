@@ -6,7 +6,7 @@ from tests.conftest import MakeUser, User, fetch
 
 THREAD = {
     "id", "title", "owner_id", "members", "created_at", "updated_at", "last_message_at",
-    "unread_count",
+    "unread_count", "version",
 }  # fmt: skip
 
 

@@ -3,7 +3,16 @@ from httpx import AsyncClient
 from tests.conftest import PASSWORD, MakeUser, fetch, login
 
 PUBLIC = {"id", "full_name"}
-PRIVATE = {"id", "email", "full_name", "scopes", "is_active", "created_at", "updated_at"}
+PRIVATE = {
+    "id",
+    "email",
+    "full_name",
+    "scopes",
+    "is_active",
+    "email_verified",
+    "created_at",
+    "updated_at",
+}
 
 
 async def test_me(client: AsyncClient, make_user: MakeUser) -> None:

@@ -2,6 +2,6 @@
 
 from app.models.message import Message
 from app.models.thread import Membership, Thread
-from app.models.user import User
+from app.models.user import AuthSession, LoginCounter, User
 
-__all__ = ["Membership", "Message", "Thread", "User"]
+__all__ = ["AuthSession", "LoginCounter", "Membership", "Message", "Thread", "User"]

@@ -5,7 +5,7 @@ from pydantic import StringConstraints
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, NoNul, RowOut, UTCDateTime, examples
+from app.models.base import Base, NoNul, RowOut, UTCDateTime, body_config
 
 Body = Annotated[
     str,
@@ -13,45 +13,72 @@ Body = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
     Field(schema_extra={"examples": ["See you at noon?"]}),
 ]
+ClientId = Annotated[
+    str, NoNul, Field(min_length=1, max_length=100, schema_extra={"examples": ["6f1c2a4e-phone-1"]})
+]
 
 
-class MessageBase(SQLModel):
-    body: Body
-    # Chosen by the client to make a send idempotent.
-    client_id: Annotated[str, NoNul] | None = Field(
-        default=None, min_length=1, max_length=100, schema_extra={"examples": ["6f1c2a4e-phone-1"]}
-    )
-
-
-class MessageRefs(SQLModel):
+class Message(Base, table=True):
     thread_id: int = Field(foreign_key="thread.id")
     author_id: int = Field(foreign_key="user.id")
+    body: str
+    # Chosen by the client to make a send idempotent.
+    client_id: str | None = Field(default=None, max_length=100)
     edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The thread's version after this message's last change.
+    version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
-
-class Message(MessageBase, MessageRefs, Base, table=True):
     __table_args__ = (
         # History pages walk this index; a page costs the same however long the thread.
         Index("ix_message_thread_id_id", "thread_id", "id"),
+        # The changes feed walks this one.
+        Index("ix_message_thread_id_version", "thread_id", "version"),
         # Idempotent send: the database refuses a second row, even under a race.
         UniqueConstraint("thread_id", "author_id", "client_id"),
     )
 
 
-class MessageCreate(MessageBase):
-    model_config = examples({"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"})
+class MessageCreate(SQLModel):
+    model_config = body_config({"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"})
+
+    body: Body
+    client_id: ClientId | None = None
 
 
 class MessageUpdate(SQLModel):
-    model_config = examples({"body": "See you at one?"})
+    model_config = body_config({"body": "See you at one?"})
 
     body: Body
 
 
-class MessageOut(MessageBase, MessageRefs, RowOut):
-    pass
+class ReactionOut(SQLModel):
+    emoji: str
+    count: int
+    me: bool
+
+
+class MessageOut(RowOut):
+    thread_id: int
+    author_id: int
+    body: str
+    client_id: str | None
+    edited_at: datetime | None
+    version: int
+    reactions: list[ReactionOut] = Field(default_factory=list)
+
+
+class MessageChange(MessageOut):
+    """An item of the changes feed: a deleted message is a tombstone with an empty body."""
+
+    deleted: bool
 
 
 class MessagePage(SQLModel):
     items: list[MessageOut]
+    has_more: bool
+
+
+class ChangesPage(SQLModel):
+    items: list[MessageChange]
+    version: int
     has_more: bool

@@ -5,19 +5,19 @@ from pydantic import Strict
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
-from app.db import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, examples
+from app.models.base import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, body_config
 from app.models.user import UserPublic
 
 Title = Annotated[str, NoNul, Field(max_length=200, schema_extra={"examples": ["Weekend plans"]})]
 
 
-class ThreadBase(SQLModel):
-    title: Title | None = Field(default=None, max_length=200)
-
-
-class Thread(ThreadBase, Base, table=True):
+class Thread(Base, table=True):
+    title: str | None = Field(default=None, max_length=200)
     owner_id: int = Field(foreign_key="user.id", index=True)
     last_message_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Grows with every change to the thread, its members or its messages, in commit
+    # order: each change takes the row's lock to bump it (see repositories.threads).
+    version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Membership(Base, table=True):
@@ -42,32 +42,44 @@ class Membership(Base, table=True):
     )
 
 
-class ThreadCreate(ThreadBase):
-    model_config = examples({"title": "Weekend plans", "member_ids": [2, 3]})
+class ThreadRow(RowOut):
+    """A thread as loaded from the database."""
 
-    member_ids: list[Annotated[Id, Strict()]] = Field(max_length=1000)
+    title: str | None
+    owner_id: int
+    last_message_at: datetime | None
+    version: int
+
+
+class ThreadOut(ThreadRow):
+    members: list[UserPublic]
+    unread_count: int
+
+
+class Member(UserPublic):
+    last_read_message_id: int
+
+
+class ThreadCreate(SQLModel):
+    model_config = body_config({"title": "Weekend plans", "member_ids": [2, 3]})
+
+    title: Title | None = None
+    member_ids: list[Id] = Field(max_length=1000)
 
 
 class ThreadUpdate(SQLModel):
-    model_config = examples({"title": "Sunday plans"})
+    model_config = body_config({"title": "Sunday plans"})
 
     title: Title | None = None
 
 
-class ThreadOut(ThreadBase, RowOut):
-    owner_id: int
-    members: list[UserPublic]
-    last_message_at: datetime | None
-    unread_count: int
-
-
 class MemberAdd(SQLModel):
-    model_config = examples({"user_id": 4})
+    model_config = body_config({"user_id": 4})
 
-    user_id: Annotated[Id, Strict()]  # JSON `true` is no id
+    user_id: Id
 
 
 class ReadMarker(SQLModel):
-    model_config = examples({"message_id": 42})
+    model_config = body_config({"message_id": 42})
 
     message_id: Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]

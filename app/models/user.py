@@ -1,10 +1,11 @@
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, EmailStr
-from sqlalchemy import JSON, Index, text
+from sqlalchemy import JSON, Index, false, text
 from sqlmodel import Field, SQLModel
 
-from app.db import Base, NoNul, RowOut, examples
+from app.models.base import Base, NoNul, Patch, RowOut, UTCDateTime, body_config
 
 SCOPES = {
     "regular": "Every active user: own profile, threads and messages.",
@@ -14,7 +15,7 @@ SCOPES = {
 
 Scope = Literal["regular", "admin", "superuser"]
 
-# Stored lower-case, so uniqueness and lookups are case-insensitive on every database.
+# email-validator's normalisation, then lower case: stored so, compared so, logged in so.
 Email = Annotated[EmailStr, AfterValidator(str.lower)]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
 FullName = Annotated[
@@ -31,6 +32,7 @@ class User(UserBase, Base, table=True):
     hashed_password: str
     scopes: list[str] = Field(default_factory=lambda: ["regular"], sa_type=JSON)
     is_active: bool = True
+    email_verified: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     # Part of every token; bumping it revokes all tokens issued before.
     token_version: int = 0
 
@@ -46,13 +48,31 @@ class User(UserBase, Base, table=True):
     )
 
 
+class AuthSession(Base, table=True):
+    """One login and the refresh tokens descending from it: only the newest (`jti`) works,
+    and presenting an older one revokes the whole chain."""
+
+    __tablename__ = "auth_session"
+
+    user_id: int = Field(foreign_key="user.id", index=True)
+    jti: str = Field(max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class LoginCounter(SQLModel, table=True):
+    """Attempts per email or client address in the current window: one row per key,
+    counted by an upsert, so parallel guesses and every process share one count."""
+
+    __tablename__ = "login_counter"
+
+    key: str = Field(primary_key=True, max_length=400)
+    count: int
+    window_start: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
 class UserCreate(UserBase):
-    model_config = examples(
-        {
-            "email": "ada@example.com",
-            "password": "correct horse battery",
-            "full_name": "Ada",
-        }
+    model_config = body_config(
+        {"email": "ada@example.com", "password": "correct horse battery", "full_name": "Ada"}
     )
 
     password: Password
@@ -63,13 +83,24 @@ class UserPublic(SQLModel):
     full_name: str
 
 
-class UserPrivate(UserBase, RowOut):
-    scopes: list[Scope]
+class UserPrivate(RowOut):
+    email: str
+    full_name: str
+    scopes: list[str]
     is_active: bool
+    email_verified: bool
 
 
-class UserUpdateMe(SQLModel):
-    model_config = examples(
+class UserRow(UserPrivate):
+    """A user as loaded from the database; never a response."""
+
+    hashed_password: str
+    token_version: int
+    deleted: bool
+
+
+class UserUpdateMe(Patch):
+    model_config = body_config(
         {
             "full_name": "Ada Lovelace",
             "password": "a new passphrase",
@@ -80,13 +111,13 @@ class UserUpdateMe(SQLModel):
     full_name: FullName | None = None
     email: Email | None = None
     password: Password | None = None
-    current_password: str | None = None
+    current_password: str | None = Field(default=None, max_length=128)
 
 
-class UserUpdate(SQLModel):
+class UserUpdate(Patch):
     """What an admin may change; `scopes` needs a superuser token."""
 
-    model_config = examples({"is_active": False, "scopes": ["regular", "admin"]})
+    model_config = body_config({"is_active": False, "scopes": ["regular", "admin"]})
 
     full_name: FullName | None = None
     email: Email | None = None

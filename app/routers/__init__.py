@@ -1,15 +1,9 @@
 """What every router shares: parameter types and the error responses they document."""
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-Cursor = Annotated[
-    str | None, Query(max_length=500, description="`next_cursor` of the previous page")
-]
 
 
 class Problem(BaseModel):
@@ -25,7 +19,8 @@ DESCRIPTIONS = {
     404: "Not found, or not visible to the caller",
     409: "Conflicts with existing data",
     413: "Request body over 1 MiB",
-    429: "Too many failed logins; see Retry-After",
+    429: "Too many failed attempts; see Retry-After",
+    503: "Capacity exhausted (database, connection pool, hashing queue); see Retry-After",
 }
 
 

@@ -1,26 +1,28 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, status
 from pydantic import BaseModel, Field
 
-from app.db import SessionDep, examples
-from app.models.user import User, UserCreate, UserPrivate
-from app.repository import Repository
+from app.db import begin, connect
+from app.deps import AnyScopeUser, ClientAddress, WriteDb, unauthorized
+from app.models.base import body_config
+from app.models.user import SCOPES, UserCreate, UserPrivate, UserRow
+from app.repositories.users import Users
 from app.routers import errors
-from app.routers.users import find_by_email, save
 from app.security import (
-    AnyScopeUser,
     TokenPair,
-    create_tokens,
     decode_token,
     hash_password,
-    login_limiter,
-    unauthorized,
-    user_for_token,
+    limited,
+    normalise_email,
+    refresh_session,
+    start_session,
+    succeeded,
     verify_password,
 )
+from app.settings import settings
 
-router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413))
+router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413, 503))
 
 
 @router.post(
@@ -30,15 +32,18 @@ router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413))
     summary="Create an account",
     responses=errors(409),
 )
-async def signup(session: SessionDep, body: UserCreate) -> User:
-    user = User.model_validate(body, update={"hashed_password": await hash_password(body.password)})
-    return await save(session, user, {})
+async def signup(body: UserCreate) -> UserRow:
+    hashed = await hash_password(body.password)  # before the transaction: no connection held
+    async with begin() as db:
+        return await Users(db).create(
+            email=body.email, full_name=body.full_name, hashed_password=hashed
+        )
 
 
 class LoginForm(BaseModel):
     """OAuth2's password grant, as Swagger's Authorize dialog sends it."""
 
-    model_config = examples(
+    model_config = body_config(
         {"username": "ada@example.com", "password": "correct horse battery", "scope": "regular"}
     )
 
@@ -55,49 +60,56 @@ class LoginForm(BaseModel):
     response_model=TokenPair,
     summary="Log in (OAuth2 password flow)",
     description="`username` is the email. `scope` narrows the token to some of the "
-    "user's scopes (space-separated); without it the token carries all of them.",
-    responses=errors(401, 429),
+    "user's scopes (space-separated); without it the token carries all of them. Every "
+    "attempt counts against the email and the client address before the password is "
+    "checked; past the limits: 429.",
+    responses=errors(401, 403, 429),
 )
-async def login(
-    request: Request, session: SessionDep, form: Annotated[LoginForm, Form()]
-) -> TokenPair:
-    email = form.username.strip().lower()
-    address = request.client.host if request.client else "unknown"
-    if wait := login_limiter.retry_after(email, address):
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            "Too many failed logins; try again later",
-            headers={"Retry-After": str(wait)},
-        )
-    user = await find_by_email(session, email) if "\x00" not in email else None
+async def login(address: ClientAddress, form: Annotated[LoginForm, Form()]) -> TokenPair:
+    requested = form.scope.split()
+    if unknown := set(requested) - SCOPES.keys():
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Unknown scope: {min(unknown)}")
+    # What is no email is counted (and refused) under its own text, less what no row holds.
+    email = normalise_email(form.username) or form.username.strip().lower().replace("\x00", "")
+    # No connection is held while the password waits for a core.
+    await limited(email, address)
+    async with connect() as db:
+        user = await Users(db).by_email(email)
     ok, new_hash = await verify_password(form.password, user.hashed_password if user else None)
     if not ok or user is None or not user.is_active:
-        login_limiter.failed(email, address)
         raise unauthorized("Incorrect email or password")
-    login_limiter.succeeded(email)
-    if new_hash:  # the cost settings were raised since this hash was made
-        user.hashed_password = new_hash
-        session.add(user)
-    requested = form.scope.split() or user.scopes
-    return create_tokens(user, [s for s in requested if s in user.scopes])
+    if settings.email_verification_required and not user.email_verified:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Email not verified")
+    async with begin() as db:
+        users = Users(db)
+        await succeeded(users, email, address)
+        if new_hash:  # the cost settings were raised since this hash was made
+            await users.update(user.id, hashed_password=new_hash)
+        granted = [s for s in requested or user.scopes if s in user.scopes]
+        return await start_session(users, user, granted)
 
 
 class RefreshRequest(BaseModel):
-    model_config = examples({"refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."})
+    model_config = body_config({"refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."})
 
-    refresh_token: str
+    refresh_token: str = Field(max_length=4000)
 
 
 @router.post(
     "/refresh",
     response_model=TokenPair,
     summary="Trade a refresh token for a new token pair",
+    description="Each refresh token works once. Presenting one again answers 401 and ends "
+    "its login: every token descending from it stops working.",
     responses=errors(401),
 )
-async def refresh(session: SessionDep, body: RefreshRequest) -> TokenPair:
+async def refresh(body: RefreshRequest) -> TokenPair:
     claims = decode_token(body.refresh_token, "refresh")
-    user = await user_for_token(session, claims)
-    return create_tokens(user, [s for s in claims.scopes if s in user.scopes])
+    async with begin() as db:  # committed even when it answers 401: a reuse ends the chain
+        pair = None if claims is None else await refresh_session(Users(db), claims)
+    if pair is None:
+        raise unauthorized()
+    return pair
 
 
 @router.post(
@@ -107,5 +119,5 @@ async def refresh(session: SessionDep, body: RefreshRequest) -> TokenPair:
     description="Revokes every access and refresh token of the caller issued before now.",
     responses=errors(401, 403),
 )
-async def logout(session: SessionDep, user: AnyScopeUser) -> None:
-    await Repository(session, User).update(user, {"token_version": user.token_version + 1})
+async def logout(user: AnyScopeUser, db: WriteDb) -> None:
+    await Users(db).revoke(user.id)

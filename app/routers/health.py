@@ -1,7 +1,7 @@
 from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import text
 
-from app.db import engine
+from app.db import connect
+from app.repositories.base import ping
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -18,8 +18,8 @@ async def health() -> dict[str, str]:
 )
 async def ready() -> dict[str, str]:
     try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with connect() as conn:
+            await ping(conn)
     except Exception as exc:  # any failure to reach the database means "not ready"
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Database unavailable") from exc
     return {"status": "ok"}

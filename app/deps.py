@@ -1,0 +1,136 @@
+"""What routes declare in their signatures: the database, the caller, the thread."""
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Query, Request, Security, status
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import connect, transaction
+from app.models.base import Id
+from app.models.thread import ThreadRow
+from app.models.user import SCOPES, UserRow
+from app.repositories.base import decode_cursor
+from app.repositories.threads import Threads
+from app.repositories.users import Users
+from app.security import decode_token
+
+
+async def _connection() -> AsyncIterator[AsyncConnection]:
+    async with connect() as conn:
+        yield conn
+
+
+# One connection per request, shared by the caller's check and the route. scope="function":
+# a transaction commits before the response is sent, so a 2xx means the data is stored.
+ReadDb = Annotated[AsyncConnection, Depends(_connection, scope="function")]
+
+
+async def _transaction(conn: ReadDb) -> AsyncIterator[AsyncConnection]:
+    async with transaction(conn):
+        yield conn
+
+
+WriteDb = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", scopes=SCOPES)
+
+
+def unauthorized(detail: str = "Could not validate credentials") -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+class Caller(UserRow):
+    """The user a request speaks for, with the scopes its token grants."""
+
+    granted: frozenset[str]
+    session_id: int
+
+
+async def caller_for(users: Users, token: str) -> Caller | None:
+    """The live user an access token speaks for. Logout, password change and deactivation
+    bump `token_version`; a reused refresh token ends the login: both revoke the token."""
+    claims = decode_token(token, "access")
+    if claims is None:
+        return None
+    user = await users.for_token(claims.sub, claims.sid)
+    if user is None or user.token_version != claims.ver:
+        return None
+    granted = frozenset(claims.scopes) & frozenset(user.scopes)  # scopes taken since count
+    return Caller.model_construct(**user.__dict__, granted=granted, session_id=claims.sid)
+
+
+async def current_user(
+    required: SecurityScopes, token: Annotated[str, Depends(oauth2_scheme)], db: ReadDb
+) -> Caller:
+    caller = await caller_for(Users(db), token)
+    if caller is None:
+        raise unauthorized()
+    if not caller.granted.issuperset(required.scopes):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "Not enough permissions",
+            headers={"WWW-Authenticate": f'Bearer scope="{required.scope_str}"'},
+        )
+    return caller
+
+
+async def current_user_released(
+    required: SecurityScopes, token: Annotated[str, Depends(oauth2_scheme)]
+) -> Caller:
+    """current_user on a connection given back at once: for routes that then wait for a
+    password hash and must not hold one meanwhile."""
+    async with connect() as db:
+        return await current_user(required, token, db)
+
+
+AnyScopeUser = Annotated[Caller, Security(current_user)]
+CurrentUser = Annotated[Caller, Security(current_user, scopes=["regular"])]
+AdminUser = Annotated[Caller, Security(current_user, scopes=["admin"])]
+HashingUser = Annotated[Caller, Security(current_user_released, scopes=["regular"])]
+
+
+async def member_thread(db: ReadDb, user: CurrentUser, thread_id: Id) -> ThreadRow:
+    """The thread, if the caller is a member; otherwise 404, exactly as for a thread that
+    never existed, so ids reveal nothing."""
+    thread = await Threads(db).visible(thread_id, user.id)
+    if thread is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Thread not found")
+    return thread
+
+
+MemberThread = Annotated[ThreadRow, Depends(member_thread)]
+
+
+def client_address(request: Request) -> str:
+    """The socket's peer, or what a trusted proxy says (uvicorn's FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+CursorText = Annotated[
+    str | None, Query(max_length=500, description="`next_cursor` of the previous page")
+]
+
+
+def _cursor(kinds: tuple[type, ...]) -> Any:
+    def parse(cursor: CursorText = None) -> list[Any] | None:
+        if cursor is None:
+            return None
+        try:
+            return decode_cursor(cursor, kinds)
+        except ValueError:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Malformed cursor") from None
+
+    return Depends(parse)
+
+
+# Cursors are decoded and checked here, at the edge, never later in a query.
+IdCursor = Annotated[list[Any] | None, _cursor((int,))]
+ActivityCursor = Annotated[list[Any] | None, _cursor((datetime, int))]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]

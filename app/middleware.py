@@ -1,0 +1,183 @@
+"""What wraps every request: the request log and security headers, the body limit, the
+error handlers that turn exceptions into FastAPI's error shape, and log redaction."""
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import DomainError
+
+log = logging.getLogger("app.access")
+
+MAX_BODY_SIZE = 1024 * 1024
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+JSON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+]
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+
+
+class RequestLog:
+    """One structured log line per request, under an id the response carries as
+    X-Request-ID; plus the headers a JSON API should send.
+
+    Only the path is logged, never the query: a WebSocket's token travels there.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        started, code = time.perf_counter(), 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                for name, value in JSON_HEADERS:
+                    headers.setdefault(name.decode(), value.decode())
+                if scope["path"].startswith("/api/"):  # the docs pages need their scripts
+                    headers.setdefault(API_CSP[0].decode(), API_CSP[1].decode())
+            elif message["type"] == "websocket.accept":
+                code = 101
+            await send(message)
+
+        try:
+            if headers.get(b"content-length", b"0").isdigit() and (
+                int(headers.get(b"content-length", b"0")) > MAX_BODY_SIZE
+            ):  # refused before it is read; streamed bodies are counted by FastAPI
+                too_large = JSONResponse({"detail": "Content Too Large"}, status_code=413)
+                await too_large(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            fields = {
+                "request_id": request_id,
+                "method": scope.get("method", "WS"),
+                "path": scope["path"],
+                "status": code or 500,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": (scope.get("client") or ("", 0))[0],
+            }
+            log.info("request", extra={"fields": fields})
+
+
+def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(retry)},
+    )
+
+
+def install(app: FastAPI) -> None:
+    """The middleware and error handlers of the app."""
+    app.add_middleware(RequestLog)
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        logging.getLogger("app").warning("no database connection free in time")
+        return unavailable(retry=1)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 list, without echoing the input: it may be a password."""
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED)
+    async def method_not_allowed(request: Request, _: Exception) -> JSONResponse:
+        """405 with an Allow header that lists every route on the path, not just the first."""
+        paths, path = app.openapi()["paths"], request.url.path
+        operations: dict[str, Any] = paths.get(path) or next(  # as the router picks: the first fit
+            (ops for t, ops in paths.items() if re.fullmatch(re.sub(r"{[^}]+}", "[^/]+", t), path)),
+            {},
+        )
+        allowed = {method.upper() for method in operations}
+        return JSONResponse(
+            {"detail": "Method Not Allowed"},
+            status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OSError)
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        """The database is away: 503 at once, so clients retry, instead of a 500."""
+        # SQLSTATE classes 08 (connection), 53 (too many connections...), 57P (shutting down).
+        # SQLite's OperationalError also means a bad statement: only a lock is capacity.
+        state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+        operational = isinstance(exc, OperationalError | InterfaceError) and (
+            "sqlite" not in type(exc.orig).__module__ or "locked" in str(exc.orig)
+        )
+        if isinstance(exc, DBAPIError) and not (
+            exc.connection_invalidated or operational or state.startswith(("08", "53", "57P"))
+        ):
+            raise exc
+        logging.getLogger("app").warning("database unavailable: %s", type(exc).__name__)
+        return unavailable()
+
+
+# A query string may carry a WebSocket's access token (`token=`, or `%74oken=`): lines of
+# the server's own loggers keep the path and drop the query, whatever started the app.
+QUERY = re.compile(r"\?[^\s\"']*")
+TOKEN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactQueries(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message or "token" in unquote(message).lower():
+            record.msg, record.args = QUERY.sub("?[redacted]", message), ()
+        return True
+
+
+def redact_server_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQueries) for f in logger.filters):
+            logger.addFilter(RedactQueries())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers; tokens in URLs are blanked out."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": TOKEN.sub(r"\1[redacted]", unquote(record.getMessage())),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)

@@ -1,0 +1,148 @@
+"""Messages: idempotent send, history pages, edits, deletion, the changes feed."""
+
+from typing import Any
+
+from sqlalchemy import Integer, String, bindparam, select, update
+
+from app.errors import Conflict, Forbidden, NotFound
+from app.models.base import UTCDateTime, table, utcnow
+from app.models.message import ChangesPage, Message, MessageChange, MessageOut, MessagePage
+from app.repositories.base import Repository, live, upsert
+from app.repositories.threads import Threads
+
+messages = table(Message)
+columns = [c for c in messages.c if c.name != "deleted"]
+in_thread = (messages.c.thread_id == bindparam("thread_id"), live(messages))
+
+
+class Messages(Repository[MessageOut]):
+    table, row = messages, MessageOut
+
+    _insert = (
+        upsert(messages)
+        .values(
+            thread_id=bindparam("thread_id"),
+            author_id=bindparam("author_id"),
+            body=bindparam("body", type_=String()),
+            client_id=bindparam("client_id", type_=String()),
+            version=bindparam("version", type_=Integer()),
+            created_at=bindparam("now", type_=UTCDateTime()),
+            updated_at=bindparam("now", type_=UTCDateTime()),
+        )
+        # A repeated client_id inserts nothing; without one, nothing can conflict.
+        .on_conflict_do_nothing(index_elements=["thread_id", "author_id", "client_id"])
+        .returning(*columns)
+    )
+    _by_client_id = select(*columns, messages.c.deleted).where(
+        messages.c.thread_id == bindparam("thread_id"),
+        messages.c.author_id == bindparam("author_id"),
+        messages.c.client_id == bindparam("client_id"),
+    )
+    # Ordered by (thread_id, id) together, so every page shape walks the one index on
+    # both columns, however the thread's messages lie among others'.
+    _newest = (
+        select(*columns)
+        .where(*in_thread)
+        .order_by(messages.c.thread_id.desc(), messages.c.id.desc())
+        .limit(bindparam("limit"))
+    )
+    _before = _newest.where(messages.c.id < bindparam("id"))
+    _after = (
+        select(*columns)
+        .where(*in_thread, messages.c.id > bindparam("id"))
+        .order_by(messages.c.thread_id, messages.c.id)
+        .limit(bindparam("limit"))
+    )
+    _one = select(*columns).where(*in_thread, messages.c.id == bindparam("id"))
+    _changes = (
+        select(*columns, messages.c.deleted)
+        .where(
+            messages.c.thread_id == bindparam("thread_id"),
+            messages.c.version > bindparam("since"),
+            messages.c.version <= bindparam("upto"),
+        )
+        .order_by(messages.c.thread_id, messages.c.version)
+        .limit(bindparam("limit"))
+    )
+
+    async def send(
+        self, thread_id: int, author_id: int, body: str, client_id: str | None
+    ) -> tuple[MessageOut, bool]:
+        """(the message, True) or, for a repeated client_id, (the original, False)."""
+        now = utcnow()
+        # The thread's row lock first: sends to one thread take turns, so ids and
+        # versions grow in commit order (what catching up relies on).
+        thread = await Threads(self.conn).bump(thread_id, author_id, last_message_at=now)
+        params = {"thread_id": thread_id, "author_id": author_id, "client_id": client_id}
+        row = (
+            await self.conn.execute(
+                self._insert, {**params, "body": body, "version": thread.version, "now": now}
+            )
+        ).first()
+        if row is None:  # sent before, or a concurrent twin won the race
+            original = (await self.conn.execute(self._by_client_id, params)).one()
+            if original.deleted:
+                raise Conflict("The message with this client_id was deleted")
+            return self.load(original), False
+        message = self.load(row)
+        await Threads(self.conn).mark_read(thread_id, author_id, message.id)
+        return message, True
+
+    async def page(
+        self, thread_id: int, limit: int, before: int | None, after: int | None
+    ) -> MessagePage:
+        """`limit` messages, oldest first: the newest, those just before or just after an id."""
+        params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
+        stmt = self._after if after is not None else self._before if before else self._newest
+        rows = [self.load(r) for r in await self.conn.execute(stmt, params)]
+        page = rows[:limit] if after is not None else rows[:limit][::-1]
+        return MessagePage(items=page, has_more=len(rows) > limit)
+
+    async def exists_in(self, thread_id: int, message_id: int) -> bool:
+        return await self.first(self._one, thread_id=thread_id, id=message_id) is not None
+
+    async def edit(self, thread_id: int, message_id: int, user_id: int, body: str) -> MessageOut:
+        thread = await Threads(self.conn).bump(thread_id, user_id)  # members only, in turn
+        message = await self.first(self._one, thread_id=thread_id, id=message_id)
+        if message is None:
+            raise NotFound("Message not found")
+        if message.author_id != user_id:
+            raise Forbidden("Only the author may edit a message")
+        return await self._change(message_id, body=body, edited_at=utcnow(), version=thread.version)
+
+    async def remove(
+        self, thread_id: int, message_id: int, user_id: int, admin: bool
+    ) -> MessageOut:
+        """Soft-delete; the author, the thread's owner or an admin may."""
+        thread = await Threads(self.conn).bump(thread_id, user_id)
+        message = await self.first(self._one, thread_id=thread_id, id=message_id)
+        if message is None:
+            raise NotFound("Message not found")
+        if user_id not in (message.author_id, thread.owner_id) and not admin:
+            raise Forbidden("You may not delete this message")
+        gone = await self._change(message_id, deleted=True, version=thread.version)
+        return gone.model_copy(update={"body": ""})
+
+    async def _change(self, message_id: int, **values: Any) -> MessageOut:
+        stmt = (
+            update(messages)
+            .where(messages.c.id == message_id, live(messages))
+            .values(updated_at=utcnow(), **values)
+            .returning(*columns)
+        )
+        row = (await self.conn.execute(stmt)).first()
+        if row is None:  # deleted a moment ago
+            raise NotFound("Message not found")
+        return self.load(row)
+
+    async def changes(self, thread_id: int, since: int, upto: int, limit: int) -> ChangesPage:
+        """Messages changed after version `since`, up to `upto` (the thread's version read
+        before: a change committed meanwhile waits for the next call), oldest change first."""
+        params = {"thread_id": thread_id, "since": since, "upto": upto, "limit": limit + 1}
+        rows = list(await self.conn.execute(self._changes, params))
+        items = [
+            MessageChange.model_construct(**{**r._mapping, "body": "" if r.deleted else r.body})
+            for r in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return ChangesPage(items=items, version=items[-1].version if more else upto, has_more=more)

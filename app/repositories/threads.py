@@ -1,0 +1,212 @@
+"""Threads and their memberships: the membership gate, versions, pages, leaving."""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, exists, func, select, text, update
+
+from app.errors import Forbidden, NotFound
+from app.models.base import Page, table, utcnow
+from app.models.message import Message
+from app.models.thread import Member, Membership, Thread, ThreadOut, ThreadRow
+from app.models.user import User, UserPublic
+from app.repositories.base import Repository, encode_cursor, live, upsert
+
+threads, memberships, messages, users = (
+    table(Thread),
+    table(Membership),
+    table(Message),
+    table(User),
+)
+Event = tuple[str, int, int, Any]  # type, thread id, version, data
+
+
+def is_member(thread_id: Any, user_id: Any) -> Any:
+    return exists().where(
+        memberships.c.thread_id == thread_id,
+        memberships.c.user_id == user_id,
+        live(memberships),
+    )
+
+
+# Messages after the caller's read marker, by others, not deleted: correlated to the outer
+# thread and membership, so a whole page is counted in one statement.
+unread = (
+    select(func.count())
+    .where(
+        messages.c.thread_id == threads.c.id,
+        messages.c.id > memberships.c.last_read_message_id,
+        messages.c.author_id != memberships.c.user_id,
+        live(messages),
+    )
+    .correlate(threads, memberships)
+    .scalar_subquery()
+)
+activity = func.coalesce(threads.c.last_message_at, threads.c.created_at)
+columns = [c for c in threads.c if c.name != "deleted"]
+
+
+class Threads(Repository[ThreadRow]):
+    table, row = threads, ThreadRow
+
+    _visible = (
+        select(*columns)
+        .where(threads.c.id == bindparam("id"), live(threads))
+        .where(is_member(threads.c.id, bindparam("user_id")))
+    )
+    _mine = (
+        select(*columns, unread.label("unread_count"), activity.label("activity"))
+        .join(memberships, memberships.c.thread_id == threads.c.id)
+        .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
+    )
+    _one = _mine.where(threads.c.id == bindparam("id"))
+    _members = (
+        select(memberships.c.thread_id, users.c.id, users.c.full_name)
+        .join(users, users.c.id == memberships.c.user_id)
+        .where(memberships.c.thread_id.in_(bindparam("ids", expanding=True)), live(memberships))
+        .order_by(memberships.c.id)
+    )
+
+    async def visible(self, thread_id: int, user_id: int) -> ThreadRow | None:
+        return await self.first(self._visible, id=thread_id, user_id=user_id)
+
+    async def bump(self, thread_id: int, member_id: int, **values: Any) -> ThreadRow:
+        """Lock a live thread the caller is a member of and count a change: versions are
+        handed out in commit order. NotFound when it is gone (deleted a moment ago)."""
+        stmt = (
+            update(threads)
+            .where(threads.c.id == thread_id, live(threads), is_member(thread_id, member_id))
+            .values(version=threads.c.version + 1, **values)
+            .returning(*columns)
+        )
+        row = (await self.conn.execute(stmt)).first()
+        if row is None:
+            raise NotFound("Thread not found")
+        return self.load(row)
+
+    async def views(self, rows: Sequence[Any]) -> list[ThreadOut]:
+        """ThreadOut of rows of `_mine` (or of columns with unread 0), with every thread's
+        members in one more statement."""
+        members: dict[int, list[UserPublic]] = defaultdict(list)
+        if rows:
+            ids = [r.id for r in rows]
+            for thread_id, user_id, full_name in await self.conn.execute(
+                self._members, {"ids": ids}
+            ):
+                members[thread_id].append(
+                    UserPublic.model_construct(id=user_id, full_name=full_name)
+                )
+        return [
+            ThreadOut.model_construct(
+                **{c.name: r._mapping[c.name] for c in columns},
+                members=members[r.id],
+                unread_count=r._mapping.get("unread_count", 0),
+            )
+            for r in rows
+        ]
+
+    async def view(self, thread_id: int, user_id: int) -> ThreadOut:
+        rows = list(await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id}))
+        if not rows:  # not the caller's (left it): as others see it
+            rows = list(await self.conn.execute(select(*columns).where(threads.c.id == thread_id)))
+        return (await self.views(rows))[0]
+
+    async def page_for(self, user_id: int, limit: int, after: list[Any] | None) -> Page[ThreadOut]:
+        stmt = self._mine.params(user_id=user_id)
+        rows, more = await self.keyset(
+            stmt, keys=[activity, threads.c.id], limit=limit, after=after, descending=True
+        )
+        cursor = encode_cursor([rows[-1].activity, rows[-1].id]) if more else None
+        return Page(items=await self.views(rows), next_cursor=cursor)
+
+    async def start(self, owner_id: int, title: str | None, member_ids: list[int]) -> ThreadRow:
+        thread = await self.create(owner_id=owner_id, title=title)
+        now = utcnow()
+        await self.conn.execute(
+            memberships.insert(),
+            [
+                {"thread_id": thread.id, "user_id": uid, "created_at": now, "updated_at": now}
+                for uid in [owner_id, *member_ids]
+            ],
+        )
+        return thread
+
+    async def members(self, thread_id: int) -> list[Member]:
+        stmt = (
+            select(users.c.id, users.c.full_name, memberships.c.last_read_message_id)
+            .join(memberships, memberships.c.user_id == users.c.id)
+            .where(memberships.c.thread_id == thread_id, live(memberships))
+            .order_by(memberships.c.id)
+        )
+        return [Member.model_construct(**r._mapping) for r in await self.conn.execute(stmt)]
+
+    async def add_member(self, thread_id: int, user_id: int) -> bool:
+        """True if added, False if already a member: the partial unique index decides,
+        so two racing adds make one membership."""
+        now = utcnow()
+        stmt = (
+            upsert(memberships)
+            .values(thread_id=thread_id, user_id=user_id, created_at=now, updated_at=now)
+            .on_conflict_do_nothing(
+                index_elements=["thread_id", "user_id"], index_where=text("NOT deleted")
+            )
+            .returning(memberships.c.id)
+        )
+        return (await self.conn.execute(stmt)).first() is not None
+
+    async def leave(self, thread_id: int, user_id: int, by: int) -> list[Event]:
+        """`user_id` leaves (or the owner `by` removes it). Membership changes of one thread
+        take turns on its row lock, so it always keeps an owner: the earliest joined
+        member when the owner goes; a thread left empty is deleted."""
+        thread = await self.bump(thread_id, by)
+        if user_id != by and thread.owner_id != by:
+            raise Forbidden("Only the thread owner may do this")
+        stmt = (
+            select(memberships.c.id, memberships.c.user_id)
+            .where(memberships.c.thread_id == thread_id, live(memberships))
+            .order_by(memberships.c.created_at, memberships.c.id)
+        )
+        members = list(await self.conn.execute(stmt))
+        leaving = next((m for m in members if m.user_id == user_id), None)
+        if leaving is None:
+            raise NotFound("Not a member of this thread")
+        await self.conn.execute(
+            update(memberships).where(memberships.c.id == leaving.id).values(deleted=True)
+        )
+        events: list[Event] = [("member.removed", thread_id, thread.version, {"user_id": user_id})]
+        remaining = [m for m in members if m is not leaving]
+        if not remaining:
+            await self.update(thread_id, deleted=True)
+            events.append(
+                ("thread.deleted", thread_id, thread.version, await self.view(thread_id, by))
+            )
+        elif thread.owner_id == user_id:
+            await self.update(thread_id, owner_id=remaining[0].user_id)
+            events.append(
+                ("thread.updated", thread_id, thread.version, await self.view(thread_id, by))
+            )
+        return events
+
+    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> bool:
+        """Forward only, in one statement, so concurrent requests cannot move it back."""
+        stmt = (
+            update(memberships)
+            .where(
+                memberships.c.thread_id == thread_id,
+                memberships.c.user_id == user_id,
+                live(memberships),
+                memberships.c.last_read_message_id < message_id,
+            )
+            .values(last_read_message_id=message_id)
+        )
+        return (await self.conn.execute(stmt)).rowcount > 0
+
+    async def ids_of(self, user_id: int) -> list[int]:
+        """The live threads a user is a member of."""
+        stmt = (
+            select(memberships.c.thread_id)
+            .join(threads, threads.c.id == memberships.c.thread_id)
+            .where(memberships.c.user_id == user_id, live(memberships), live(threads))
+        )
+        return list((await self.conn.execute(stmt)).scalars())

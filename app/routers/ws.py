@@ -1,0 +1,23 @@
+from fastapi import APIRouter, WebSocket
+
+from app.db import connect
+from app.deps import caller_for
+from app.realtime import CLOSE_BAD_TOKEN, serve
+from app.repositories.users import Users
+from app.security import decode_token
+
+router = APIRouter(tags=["realtime"])
+
+
+@router.websocket("/ws")
+async def events(websocket: WebSocket, token: str = "") -> None:
+    """Events of the caller's threads; see the API description for their shapes."""
+    # Accept first: a close code can only travel on an accepted socket.
+    await websocket.accept()
+    async with connect() as db:
+        caller = await caller_for(Users(db), token)
+    claims = decode_token(token, "access")
+    if caller is None or claims is None or "regular" not in caller.granted:
+        await websocket.close(CLOSE_BAD_TOKEN)
+        return
+    await serve(websocket, caller.id, claims.exp)
