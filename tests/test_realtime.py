@@ -15,7 +15,6 @@ from app import realtime
 from tests.conftest import MakeUser, User
 from tests.test_threads import new_thread, send
 
-
 READY = {"type": "ready", "thread_id": None, "data": {}}
 
 

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-
 revision: str = "ca02d0162d4e"
 down_revision: str | None = "2e60c787fc14"
 branch_labels: str | Sequence[str] | None = None
