@@ -45,18 +45,6 @@ pytestmark = [
     ),
 ]
 
-# What the app needs for this recipe: a direct URL for LISTEN (transaction pooling cannot
-# keep one) with statement caches off on the pooled one, and login limits that every
-# process counts in the database. Until the app has them, these tests are expected to fail.
-needs_direct_url = pytest.mark.xfail(
-    "database_url_direct" not in type(settings).model_fields,
-    reason="the app has no DATABASE_URL_DIRECT yet",
-)
-needs_shared_limits = pytest.mark.xfail(
-    "forwarded_allow_ips" not in type(settings).model_fields,
-    reason="the app has no FORWARDED_ALLOW_IPS / database-counted login limits yet",
-)
-
 
 def render(template: str, out: Path, **values: str) -> None:
     text = (DEPLOY / template).read_text()
@@ -230,7 +218,6 @@ async def test_nginx_upgrades_websockets(stack: Stack) -> None:
 # --- what the app must do behind a pooler and a proxy ----------------------------------
 
 
-@needs_direct_url
 async def test_an_event_crosses_processes_through_nginx(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
@@ -239,7 +226,7 @@ async def test_an_event_crosses_processes_through_nginx(
     ws_url = stack.base.replace("http", "ws", 1) + f"/api/ws?token={bob['access_token']}"
     path = f"/api/threads/{thread_id}/messages"
     async with connect(ws_url) as ws:
-        await asyncio.sleep(0.3)  # the socket's threads are loaded
+        assert (await next_event(ws))["type"] == "ready"  # subscribed
         for text in ("one", "two"):  # round robin: one of the two lands on the other process
             r = await http.post(path, json={"body": text}, headers=ada["headers"])
             assert r.status_code == 201, r.text
@@ -250,7 +237,6 @@ async def test_an_event_crosses_processes_through_nginx(
     assert set(stack.served_by("POST", path)) - {socket_process}, "no send crossed processes"
 
 
-@needs_shared_limits
 async def test_login_limits_hold_across_processes(stack: Stack, http: httpx.AsyncClient) -> None:
     victim = await user(http)
     wrong = {"username": victim["email"], "password": "wrong password"}
@@ -263,7 +249,6 @@ async def test_login_limits_hold_across_processes(stack: Stack, http: httpx.Asyn
     assert r.status_code == 429, r.text
 
 
-@needs_direct_url
 async def test_an_idempotent_send_through_both_processes_at_once(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:

@@ -14,7 +14,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Create an account */
-        post: operations["signup_api_auth_signup_post"];
+        post: operations["auth-signup"];
         delete?: never;
         options?: never;
         head?: never;
@@ -32,9 +32,9 @@ export interface paths {
         put?: never;
         /**
          * Log in (OAuth2 password flow)
-         * @description `username` is the email. `scope` narrows the token to some of the user's scopes (space-separated); without it the token carries all of them.
+         * @description `username` is the email. `scope` narrows the token to some of the user's scopes (space-separated); without it the token carries all of them. Every attempt counts against the email and the client address before the password is checked; past the limits: 429.
          */
-        post: operations["login_api_auth_token_post"];
+        post: operations["auth-login"];
         delete?: never;
         options?: never;
         head?: never;
@@ -50,8 +50,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Trade a refresh token for a new token pair */
-        post: operations["refresh_api_auth_refresh_post"];
+        /**
+         * Trade a refresh token for a new token pair
+         * @description Each refresh token works once. Presenting one again answers 401 and ends its login: every token descending from it stops working.
+         */
+        post: operations["auth-refresh"];
         delete?: never;
         options?: never;
         head?: never;
@@ -71,7 +74,7 @@ export interface paths {
          * Log out everywhere
          * @description Revokes every access and refresh token of the caller issued before now.
          */
-        post: operations["logout_api_auth_logout_post"];
+        post: operations["auth-logout"];
         delete?: never;
         options?: never;
         head?: never;
@@ -86,18 +89,18 @@ export interface paths {
             cookie?: never;
         };
         /** The caller's own profile */
-        get: operations["read_me_api_users_me_get"];
+        get: operations["users-read_me"];
         put?: never;
         post?: never;
         /** Delete the caller's account */
-        delete: operations["delete_me_api_users_me_delete"];
+        delete: operations["users-delete_me"];
         options?: never;
         head?: never;
         /**
          * Change the caller's name, email or password
-         * @description A new `password` needs the `current_password` (missing: 422, wrong: 403) and revokes every token issued before, as logout does.
+         * @description A new `password` needs the `current_password` (missing: 422, wrong: 403, counted as a failed login) and revokes every token issued before, as logout does.
          */
-        patch: operations["update_me_api_users_me_patch"];
+        patch: operations["users-update_me"];
         trace?: never;
     };
     "/api/users/lookup": {
@@ -108,7 +111,7 @@ export interface paths {
             cookie?: never;
         };
         /** Find an active user by email */
-        get: operations["lookup_api_users_lookup_get"];
+        get: operations["users-lookup"];
         put?: never;
         post?: never;
         delete?: never;
@@ -128,18 +131,21 @@ export interface paths {
          * A user by id
          * @description UserPublic of an active user; an admin token sees UserPrivate of any user that is not deleted.
          */
-        get: operations["read_user_api_users__user_id__get"];
+        get: operations["users-read_user"];
         put?: never;
         post?: never;
-        /** Delete a user (admin) */
-        delete: operations["delete_user_api_users__user_id__delete"];
+        /**
+         * Delete a user (admin)
+         * @description Not yourself (403), not the last active superuser (409). The user leaves every thread first.
+         */
+        delete: operations["users-delete_user"];
         options?: never;
         head?: never;
         /**
          * Change a user (admin)
-         * @description Changing `scopes` needs a superuser token. Deactivating revokes the user's tokens.
+         * @description Changing `scopes` needs a superuser token. Deactivating revokes the user's tokens. Nobody deactivates or demotes themselves here (403); the last active superuser stays one (409).
          */
-        patch: operations["update_user_api_users__user_id__patch"];
+        patch: operations["users-update_user"];
         trace?: never;
     };
     "/api/users": {
@@ -150,7 +156,7 @@ export interface paths {
             cookie?: never;
         };
         /** List users (admin) */
-        get: operations["list_users_api_users_get"];
+        get: operations["users-list_users"];
         put?: never;
         post?: never;
         delete?: never;
@@ -168,15 +174,15 @@ export interface paths {
         };
         /**
          * The caller's threads, most recent activity first
-         * @description Activity is the last message, else the creation. Each thread carries the caller's `unread_count`.
+         * @description Activity is the last message, else the creation. Each thread carries the caller's `unread_count` and its `version`: a thread whose version is above the one a client has seen has changes to catch up on.
          */
-        get: operations["list_threads_api_threads_get"];
+        get: operations["threads-list_threads"];
         put?: never;
         /**
          * Start a thread
          * @description The caller becomes owner and member. Duplicate ids are ignored; an unknown, inactive or deleted member id is a 422.
          */
-        post: operations["create_thread_api_threads_post"];
+        post: operations["threads-create_thread"];
         delete?: never;
         options?: never;
         head?: never;
@@ -191,15 +197,15 @@ export interface paths {
             cookie?: never;
         };
         /** A thread */
-        get: operations["read_thread_api_threads__thread_id__get"];
+        get: operations["threads-read_thread"];
         put?: never;
         post?: never;
         /** Delete a thread */
-        delete: operations["delete_thread_api_threads__thread_id__delete"];
+        delete: operations["threads-delete_thread"];
         options?: never;
         head?: never;
         /** Rename a thread (owner) */
-        patch: operations["update_thread_api_threads__thread_id__patch"];
+        patch: operations["threads-update_thread"];
         trace?: never;
     };
     "/api/threads/{thread_id}/members": {
@@ -209,14 +215,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A thread's members */
-        get: operations["list_members_api_threads__thread_id__members_get"];
+        /** A thread's members, with their read markers (read receipts) */
+        get: operations["threads-list_members"];
         put?: never;
         /**
          * Add a member
          * @description Any member may add a user: 201, or 200 if already a member. An unknown, inactive or deleted user id is a 422.
          */
-        post: operations["add_member_api_threads__thread_id__members_post"];
+        post: operations["threads-add_member"];
         delete?: never;
         options?: never;
         head?: never;
@@ -237,7 +243,7 @@ export interface paths {
          * Remove a member, or leave
          * @description The owner may remove anyone; anyone may remove themselves. When the owner leaves, the member who joined earliest becomes owner; a thread left empty is deleted.
          */
-        delete: operations["remove_member_api_threads__thread_id__members__user_id__delete"];
+        delete: operations["threads-remove_member"];
         options?: never;
         head?: never;
         patch?: never;
@@ -254,9 +260,9 @@ export interface paths {
         put?: never;
         /**
          * Mark messages read
-         * @description Everything up to `message_id` is read. The marker never moves backwards.
+         * @description Everything up to `message_id` is read. The marker never moves backwards; when it moves, every member's sockets get `thread.read` (read receipts).
          */
-        post: operations["mark_read_api_threads__thread_id__read_post"];
+        post: operations["threads-mark_read"];
         delete?: never;
         options?: never;
         head?: never;
@@ -274,13 +280,13 @@ export interface paths {
          * A page of a thread's messages, oldest first
          * @description No cursor: the newest `limit` messages. `before`: the `limit` messages just older than that message id; `after`: the `limit` just newer. `has_more` says whether more lie beyond the page in the direction of travel.
          */
-        get: operations["list_messages_api_threads__thread_id__messages_get"];
+        get: operations["messages-list_messages"];
         put?: never;
         /**
          * Send a message
-         * @description `body` is 1..4000 characters after trimming. Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race.
+         * @description `body` is 1..4000 characters after trimming. Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race; 409 if that original was deleted since.
          */
-        post: operations["send_message_api_threads__thread_id__messages_post"];
+        post: operations["messages-send_message"];
         delete?: never;
         options?: never;
         head?: never;
@@ -298,11 +304,31 @@ export interface paths {
         put?: never;
         post?: never;
         /** Delete a message (author, thread owner, or admin) */
-        delete: operations["delete_message_api_threads__thread_id__messages__message_id__delete"];
+        delete: operations["messages-delete_message"];
         options?: never;
         head?: never;
         /** Edit a message (author only) */
-        patch: operations["edit_message_api_threads__thread_id__messages__message_id__patch"];
+        patch: operations["messages-edit_message"];
+        trace?: never;
+    };
+    "/api/threads/{thread_id}/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What changed in a thread since a version (catching up)
+         * @description Every message created, edited, reacted to or deleted after thread version `since`, once each in its latest state, oldest change first; deleted ones as tombstones (`deleted: true`, empty body). `version` is what the page brings the client up to: pass it back as `since` while `has_more`.
+         */
+        get: operations["messages-list_changes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/health": {
@@ -313,7 +339,7 @@ export interface paths {
             cookie?: never;
         };
         /** The process is serving */
-        get: operations["health_api_health_get"];
+        get: operations["health-health"];
         put?: never;
         post?: never;
         delete?: never;
@@ -330,7 +356,7 @@ export interface paths {
             cookie?: never;
         };
         /** The database answers */
-        get: operations["ready_api_health_ready_get"];
+        get: operations["health-ready"];
         put?: never;
         post?: never;
         delete?: never;
@@ -343,6 +369,15 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** ChangesPage */
+        ChangesPage: {
+            /** Items */
+            items: components["schemas"]["MessageChange"][];
+            /** Version */
+            version: number;
+            /** Has More */
+            has_more: boolean;
+        };
         /** HTTPValidationError */
         HTTPValidationError: {
             /** Detail */
@@ -378,6 +413,15 @@ export interface components {
             /** Client Secret */
             client_secret?: string | null;
         };
+        /** Member */
+        Member: {
+            /** Id */
+            id: number;
+            /** Full Name */
+            full_name: string;
+            /** Last Read Message Id */
+            last_read_message_id: number;
+        };
         /**
          * MemberAdd
          * @example {
@@ -387,6 +431,40 @@ export interface components {
         MemberAdd: {
             /** User Id */
             user_id: number;
+        };
+        /**
+         * MessageChange
+         * @description An item of the changes feed: a deleted message is a tombstone with an empty body.
+         */
+        MessageChange: {
+            /** Id */
+            id: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /** Thread Id */
+            thread_id: number;
+            /** Author Id */
+            author_id: number;
+            /** Body */
+            body: string;
+            /** Client Id */
+            client_id: string | null;
+            /** Edited At */
+            edited_at: string | null;
+            /** Version */
+            version: number;
+            /** Reactions */
+            reactions?: components["schemas"]["ReactionOut"][];
+            /** Deleted */
+            deleted: boolean;
         };
         /**
          * MessageCreate
@@ -401,10 +479,7 @@ export interface components {
              * @example See you at noon?
              */
             body: string;
-            /**
-             * Client Id
-             * @example 6f1c2a4e-phone-1
-             */
+            /** Client Id */
             client_id?: string | null;
         };
         /** MessageOut */
@@ -425,18 +500,16 @@ export interface components {
             thread_id: number;
             /** Author Id */
             author_id: number;
-            /** Edited At */
-            edited_at?: string | null;
-            /**
-             * Body
-             * @example See you at noon?
-             */
+            /** Body */
             body: string;
-            /**
-             * Client Id
-             * @example 6f1c2a4e-phone-1
-             */
-            client_id?: string | null;
+            /** Client Id */
+            client_id: string | null;
+            /** Edited At */
+            edited_at: string | null;
+            /** Version */
+            version: number;
+            /** Reactions */
+            reactions?: components["schemas"]["ReactionOut"][];
         };
         /** MessagePage */
         MessagePage: {
@@ -479,6 +552,15 @@ export interface components {
         Problem: {
             /** Detail */
             detail: string;
+        };
+        /** ReactionOut */
+        ReactionOut: {
+            /** Emoji */
+            emoji: string;
+            /** Count */
+            count: number;
+            /** Me */
+            me: boolean;
         };
         /**
          * ReadMarker
@@ -531,13 +613,15 @@ export interface components {
              */
             updated_at: string;
             /** Title */
-            title?: string | null;
+            title: string | null;
             /** Owner Id */
             owner_id: number;
-            /** Members */
-            members: components["schemas"]["UserPublic"][];
             /** Last Message At */
             last_message_at: string | null;
+            /** Version */
+            version: number;
+            /** Members */
+            members: components["schemas"]["UserPublic"][];
             /** Unread Count */
             unread_count: number;
         };
@@ -603,20 +687,16 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
-            /**
-             * Email
-             * Format: email
-             */
+            /** Email */
             email: string;
-            /**
-             * Full Name
-             * @example Ada Lovelace
-             */
+            /** Full Name */
             full_name: string;
             /** Scopes */
-            scopes: ("regular" | "admin" | "superuser")[];
+            scopes: string[];
             /** Is Active */
             is_active: boolean;
+            /** Email Verified */
+            email_verified: boolean;
         };
         /** UserPublic */
         UserPublic: {
@@ -686,7 +766,7 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    signup_api_auth_signup_post: {
+    "auth-signup": {
         parameters: {
             query?: never;
             header?: never;
@@ -744,9 +824,18 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    login_api_auth_token_post: {
+    "auth-login": {
         parameters: {
             query?: never;
             header?: never;
@@ -786,6 +875,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Request body over 1 MiB */
             413: {
                 headers: {
@@ -804,8 +902,17 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Too many failed logins; see Retry-After */
+            /** @description Too many failed attempts; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -815,7 +922,7 @@ export interface operations {
             };
         };
     };
-    refresh_api_auth_refresh_post: {
+    "auth-refresh": {
         parameters: {
             query?: never;
             header?: never;
@@ -873,9 +980,18 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    logout_api_auth_logout_post: {
+    "auth-logout": {
         parameters: {
             query?: never;
             header?: never;
@@ -927,9 +1043,18 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    read_me_api_users_me_get: {
+    "users-read_me": {
         parameters: {
             query?: never;
             header?: never;
@@ -985,7 +1110,7 @@ export interface operations {
             };
         };
     };
-    delete_me_api_users_me_delete: {
+    "users-delete_me": {
         parameters: {
             query?: never;
             header?: never;
@@ -1039,7 +1164,7 @@ export interface operations {
             };
         };
     };
-    update_me_api_users_me_patch: {
+    "users-update_me": {
         parameters: {
             query?: never;
             header?: never;
@@ -1115,9 +1240,18 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description Too many failed attempts; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    lookup_api_users_lookup_get: {
+    "users-lookup": {
         parameters: {
             query: {
                 email: string;
@@ -1193,7 +1327,7 @@ export interface operations {
             };
         };
     };
-    read_user_api_users__user_id__get: {
+    "users-read_user": {
         parameters: {
             query?: never;
             header?: never;
@@ -1269,7 +1403,7 @@ export interface operations {
             };
         };
     };
-    delete_user_api_users__user_id__delete: {
+    "users-delete_user": {
         parameters: {
             query?: never;
             header?: never;
@@ -1323,6 +1457,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Conflicts with existing data */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Request body over 1 MiB */
             413: {
                 headers: {
@@ -1343,7 +1486,7 @@ export interface operations {
             };
         };
     };
-    update_user_api_users__user_id__patch: {
+    "users-update_user": {
         parameters: {
             query?: never;
             header?: never;
@@ -1432,7 +1575,7 @@ export interface operations {
             };
         };
     };
-    list_users_api_users_get: {
+    "users-list_users": {
         parameters: {
             query?: {
                 q?: string | null;
@@ -1504,7 +1647,7 @@ export interface operations {
             };
         };
     };
-    list_threads_api_threads_get: {
+    "threads-list_threads": {
         parameters: {
             query?: {
                 /** @description Page size */
@@ -1583,7 +1726,7 @@ export interface operations {
             };
         };
     };
-    create_thread_api_threads_post: {
+    "threads-create_thread": {
         parameters: {
             query?: never;
             header?: never;
@@ -1661,7 +1804,7 @@ export interface operations {
             };
         };
     };
-    read_thread_api_threads__thread_id__get: {
+    "threads-read_thread": {
         parameters: {
             query?: never;
             header?: never;
@@ -1737,7 +1880,7 @@ export interface operations {
             };
         };
     };
-    delete_thread_api_threads__thread_id__delete: {
+    "threads-delete_thread": {
         parameters: {
             query?: never;
             header?: never;
@@ -1811,7 +1954,7 @@ export interface operations {
             };
         };
     };
-    update_thread_api_threads__thread_id__patch: {
+    "threads-update_thread": {
         parameters: {
             query?: never;
             header?: never;
@@ -1891,7 +2034,7 @@ export interface operations {
             };
         };
     };
-    list_members_api_threads__thread_id__members_get: {
+    "threads-list_members": {
         parameters: {
             query?: never;
             header?: never;
@@ -1908,7 +2051,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UserPublic"][];
+                    "application/json": components["schemas"]["Member"][];
                 };
             };
             /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
@@ -1967,7 +2110,7 @@ export interface operations {
             };
         };
     };
-    add_member_api_threads__thread_id__members_post: {
+    "threads-add_member": {
         parameters: {
             query?: never;
             header?: never;
@@ -2056,13 +2199,13 @@ export interface operations {
             };
         };
     };
-    remove_member_api_threads__thread_id__members__user_id__delete: {
+    "threads-remove_member": {
         parameters: {
             query?: never;
             header?: never;
             path: {
-                user_id: number;
                 thread_id: number;
+                user_id: number;
             };
             cookie?: never;
         };
@@ -2131,7 +2274,7 @@ export interface operations {
             };
         };
     };
-    mark_read_api_threads__thread_id__read_post: {
+    "threads-mark_read": {
         parameters: {
             query?: never;
             header?: never;
@@ -2209,7 +2352,7 @@ export interface operations {
             };
         };
     };
-    list_messages_api_threads__thread_id__messages_get: {
+    "messages-list_messages": {
         parameters: {
             query?: {
                 /** @description Page size */
@@ -2290,7 +2433,7 @@ export interface operations {
             };
         };
     };
-    send_message_api_threads__thread_id__messages_post: {
+    "messages-send_message": {
         parameters: {
             query?: never;
             header?: never;
@@ -2359,6 +2502,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Conflicts with existing data */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Request body over 1 MiB */
             413: {
                 headers: {
@@ -2379,7 +2531,7 @@ export interface operations {
             };
         };
     };
-    delete_message_api_threads__thread_id__messages__message_id__delete: {
+    "messages-delete_message": {
         parameters: {
             query?: never;
             header?: never;
@@ -2454,13 +2606,13 @@ export interface operations {
             };
         };
     };
-    edit_message_api_threads__thread_id__messages__message_id__patch: {
+    "messages-edit_message": {
         parameters: {
             query?: never;
             header?: never;
             path: {
-                message_id: number;
                 thread_id: number;
+                message_id: number;
             };
             cookie?: never;
         };
@@ -2535,7 +2687,87 @@ export interface operations {
             };
         };
     };
-    health_api_health_get: {
+    "messages-list_changes": {
+        parameters: {
+            query?: {
+                since?: number;
+                /** @description Page size */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                thread_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChangesPage"];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "health-health": {
         parameters: {
             query?: never;
             header?: never;
@@ -2557,7 +2789,7 @@ export interface operations {
             };
         };
     };
-    ready_api_health_ready_get: {
+    "health-ready": {
         parameters: {
             query?: never;
             header?: never;
