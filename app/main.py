@@ -1,6 +1,7 @@
 """The app, assembled: routers under /api, middleware, and what runs at start and stop."""
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from app import middleware
+from app import metrics, middleware
 from app.db import engine, migrate_to_head
 from app.realtime import hub
 from app.routers import auth, health, messages, threads, users, ws
@@ -74,7 +75,17 @@ if settings.cors_origins:
 middleware.install(app)
 middleware.redact_server_logs()
 
-api = APIRouter(prefix="/api", max_body_size=middleware.MAX_BODY_SIZE)
+api = APIRouter(prefix=middleware.API, max_body_size=middleware.MAX_BODY_SIZE)
 for module in (auth, users, threads, messages, ws, health):
     api.include_router(module.router)
 app.include_router(api)
+
+if settings.metrics_enabled:
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+    metrics.POOL.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
+    metrics.WEBSOCKETS.set_function(lambda: sum(len(c) for c in hub.users.values()))
+# Error reporting when SENTRY_DSN is set and the `sentry` extra is installed.
+if settings.sentry_dsn and importlib.util.find_spec("sentry_sdk"):
+    importlib.import_module("sentry_sdk").init(
+        dsn=settings.sentry_dsn, environment=settings.environment
+    )

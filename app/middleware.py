@@ -18,10 +18,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
 from app.errors import DomainError
+from app.settings import settings
 
 log = logging.getLogger("app.access")
 
+API = "/api"  # where every route of the contract lives
 MAX_BODY_SIZE = 1024 * 1024
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 JSON_HEADERS = [
@@ -59,7 +62,7 @@ class RequestLog:
                 headers.append("X-Request-ID", request_id)
                 for name, value in JSON_HEADERS:
                     headers.setdefault(name.decode(), value.decode())
-                if scope["path"].startswith("/api/"):  # the docs pages need their scripts
+                if scope["path"].startswith(API + "/"):  # the docs pages need their scripts
                     headers.setdefault(API_CSP[0].decode(), API_CSP[1].decode())
             elif message["type"] == "websocket.accept":
                 code = 101
@@ -74,12 +77,20 @@ class RequestLog:
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            # The template of the route that answered; API routes know it below the prefix.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
+                route = API + route
+            if settings.metrics_enabled and scope["type"] == "http":
+                metrics.REQUESTS.labels(scope["method"], route, code or 500).inc()
+                metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
             fields = {
                 "request_id": request_id,
                 "method": scope.get("method", "WS"),
                 "path": scope["path"],
                 "status": code or 500,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "ms": round(elapsed * 1000, 2),
                 "client": (scope.get("client") or ("", 0))[0],
             }
             log.info("request", extra={"fields": fields})

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import db
+from app import db, metrics
 from app.models.thread import ThreadOut
 from app.repositories.messages import Messages
 from app.repositories.threads import Threads
@@ -128,6 +128,7 @@ class Connection:
     async def pump(self) -> None:
         while (message := await self.queue.get()) is not None:
             await self.websocket.send_text(message)
+            metrics.EVENTS.inc()
         await self.websocket.close(self.close_code or 1000)
 
 
