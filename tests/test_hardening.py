@@ -9,8 +9,7 @@ import httpx
 from httpx import AsyncClient
 from websockets.asyncio.client import connect
 
-from tests.conftest import PASSWORD, MakeUser
-from tests.test_service import serve
+from tests.helpers import PASSWORD, MakeUser, serve
 
 
 async def test_security_headers_and_request_id(client: AsyncClient) -> None:

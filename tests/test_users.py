@@ -1,6 +1,6 @@
 from httpx import AsyncClient
 
-from tests.conftest import PASSWORD, MakeUser, fetch, login
+from tests.helpers import PASSWORD, MakeUser, fetch, login
 
 PUBLIC = {"id", "full_name"}
 PRIVATE = {"id", "email", "full_name", "scopes", "is_active", "created_at", "updated_at"}
