@@ -23,7 +23,7 @@ test: install  ## the whole suite; DATABASE_URL=postgresql://... runs it on Post
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy app
+	$(PY) -m mypy app bench tests
 
 migrate: install  ## alembic upgrade head on DATABASE_URL
 	$(PY) -m alembic upgrade head
