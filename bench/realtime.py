@@ -217,13 +217,13 @@ async def run(a: argparse.Namespace) -> int:
             ok = {k for k, *_, status in results if status == 201}
             expected = sum(len(members[k % n_threads]) for k in ok)
             await sockets.wait(expected, DRAIN_SECONDS)
+            in_time = sockets.received[:]  # what comes later counts as lost
             wall = time.perf_counter() - begin
             cpu1 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time(), machine_busy()
             gc.enable()
             rss = " + ".join(f"{rss_mb(s.proc.pid)} MB" for s in servers)
             died = [i for i, s in enumerate(servers) if s.proc.poll() is not None]
 
-        # Frames of what came in time; what came later counts as lost.
         answered = {k: end for k, _, end, _ in results}
         latencies: list[float] = []
         after_response: list[float] = []  # receipt minus the POST's response
@@ -232,7 +232,7 @@ async def run(a: argparse.Namespace) -> int:
         last: dict[int, float] = {}
         seen: set[tuple[int, int]] = set()
         other = Counter[str]()
-        for sock, at, frame in list(sockets.received):
+        for sock, at, frame in in_time:
             event = json.loads(frame)
             body = str(event.get("data", {}).get("body", ""))
             if event.get("type") != "message.created" or not body.startswith(f"rt{tag} "):

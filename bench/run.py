@@ -491,17 +491,30 @@ def report(res: dict[str, Any]) -> str:
     if c256 := res.get("c256"):
         out += [
             "256 connections (target, ours: no errors and no stall = no request over "
-            f"{STALL_MS // 1000} s); the ceiling's numbers are for comparison:",
+            f"{STALL_MS // 1000} s); vs c=32: req/s kept from the main table; the ceiling's "
+            "numbers are for comparison:",
             "",
         ]
         rows = []
         for name, runs in c256.items():
             o, c = runs["app"], runs.get("ceiling")
-            ours = cells(o, "rps", "p50", "p99", "max", "errors", "peak_mib")
+            c32 = res.get("main", {}).get(name, {}).get("app")
+            kept = f"{o.rps / c32.rps:.0%}" if c32 else "—"
+            ours = [*cells(o, "rps"), kept, *cells(o, "p50", "p99", "max", "errors", "peak_mib")]
             passed = ok(o.errors == 0 and o.max < STALL_MS)
             ceiling = cells(c, "rps", "p99", "max", "errors")
             rows.append([SCENARIOS[name][0], *ours, passed, *ceiling, busiest(o, c)])
-        head = ["scenario", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "peak MiB", ""]
+        head = [
+            "scenario",
+            "req/s",
+            "vs c=32",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "errors",
+            "peak MiB",
+            "",
+        ]
         out += table([*head, "ceiling req/s", "p99 ms", "max ms", "errors", "others"], rows)
     if scale := res.get("scale"):
         big, small = res["messages"]
