@@ -73,13 +73,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine, all cores."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:8]]
-    busy, hz = sum(ticks) - ticks[3] - ticks[4], os.sysconf("SC_CLK_TCK")
-    return busy / hz, sum(ticks) / hz
-
-
 def rss_mb(pid: int) -> int:
     return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
 
@@ -206,7 +199,7 @@ async def run(a: argparse.Namespace) -> int:
             gc.collect()  # no collector pauses in the client while it takes the times
             gc.freeze()
             gc.disable()
-            cpu0 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time(), machine_busy()
+            cpu0 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time()
             print(f"run: {total} messages at {a.rate:g}/s ...", flush=True)
             begin = time.perf_counter()
             for k in range(total):
@@ -219,17 +212,13 @@ async def run(a: argparse.Namespace) -> int:
             await sockets.wait(expected, DRAIN_SECONDS)
             in_time = sockets.received[:]  # what comes later counts as lost
             wall = time.perf_counter() - begin
-            cpu1 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time(), machine_busy()
+            cpu1 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time()
             gc.enable()
             rss = " + ".join(f"{rss_mb(s.proc.pid)} MB" for s in servers)
             died = [i for i, s in enumerate(servers) if s.proc.poll() is not None]
 
-        answered = {k: end for k, _, end, _ in results}
         latencies: list[float] = []
-        after_response: list[float] = []  # receipt minus the POST's response
         by_route: dict[str, list[float]] = {"same": [], "cross": []}
-        first: dict[int, float] = {}
-        last: dict[int, float] = {}
         seen: set[tuple[int, int]] = set()
         other = Counter[str]()
         for sock, at, frame in in_time:
@@ -246,13 +235,10 @@ async def run(a: argparse.Namespace) -> int:
             latencies.append(at - sent[k])
             route = "same" if sock % a.processes == k % a.processes else "cross"
             by_route[route].append(at - sent[k])
-            after_response.append(at - answered[k])
-            first[k], last[k] = min(first.get(k, at), at), max(last.get(k, at), at)
         latencies.sort()
         lost = expected - len(latencies)
         posts = sorted(end - st for _, st, end, status in results if status == 201)
         failures = Counter(str(status) for *_, status in results if status != 201)
-        busy = (cpu1[2][0] - cpu0[2][0]) / wall, (cpu1[2][1] - cpu0[2][1]) / wall
         server_cpu = [(b - c) / wall for c, b in zip(cpu0[0], cpu1[0], strict=True)]
         client_cpu = (cpu1[1] - cpu0[1]) / wall
         tail = f"p99.9 {pct(latencies, 99.9):.1f} ms, max {pct(latencies, 100):.1f} ms"
@@ -265,17 +251,13 @@ async def run(a: argparse.Namespace) -> int:
         for route, values in by_route.items():
             if values and a.processes > 1:
                 print(f"  {route:5} process: {len(values)} deliveries, {spread(values)}")
-        print(f"  receipt minus POST response: {spread(after_response)}")
-        print(
-            f"  first-to-last receiver of a message: {spread([last[k] - first[k] for k in first])}"
-        )
         print(f"POST:       {spread(posts)}, max {pct(posts, 100):.1f} ms")
         print(
             f"ws closes:  {dict(sockets.closes) or 'none'}; other frames: {dict(other) or 'none'}"
         )
         print(
             f"CPU:        servers {' + '.join(f'{c:.0%}' for c in server_cpu)} of a core, "
-            f"client {client_cpu:.0%}; machine busy {busy[0]:.0%} of {busy[1]:.0%}"
+            f"client {client_cpu:.0%}"
         )
         print(f"server RSS: {rss} (with the sockets open)")
         print("servers:    " + (f"{died} EXITED DURING THE RUN" if died else "all alive"))

@@ -99,7 +99,7 @@ def ensure_tools() -> None:
 # --------------------------------------------------------------------------- databases
 
 
-def app_env(db: str, **extra: str) -> dict[str, str]:
+def app_env(db: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIRST_SUPERUSER", "HOST"))}
     return {
         **env,
@@ -109,7 +109,6 @@ def app_env(db: str, **extra: str) -> dict[str, str]:
         # The bench logs in with the right password only; keep the limiter out of the way.
         "LOGIN_FAILURES_PER_ADDRESS": "1000000",
         "LOGIN_FAILURES_PER_EMAIL": "1000000",
-        **extra,
     }
 
 
@@ -198,7 +197,9 @@ async def request_files(db: str, workdir: Path) -> dict[str, Path]:
         files[name] = workdir / f"{db}-{name}.tsv"
         with files[name].open("w") as f:
             for method, path, uid, ctype, body in rows:
-                token = "" if uid is None else tokens.setdefault(uid, token_for(uid))
+                if uid is not None and uid not in tokens:
+                    tokens[uid] = token_for(uid)
+                token = "" if uid is None else tokens[uid]
                 f.write(f"{method}\t{path}\t{token}\t{ctype}\t{body}\n")
     return files
 

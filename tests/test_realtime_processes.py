@@ -137,15 +137,17 @@ async def test_listener_reconnects_and_sockets_are_told(
     thread_id = await new_thread(a, b)
     async with b.listen(servers[0]) as ws:
         await asyncio.sleep(0.2)
+        # This database's listeners only: other suites may share the PostgreSQL server.
         await fetch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'app-events'"
+            "WHERE application_name = 'app-events' AND datname = current_database()"
         )
         # It may have missed events: it is closed with 1012 so the client catches up.
         assert await close_code(ws, timeout=10) == 1012
     for _ in range(50):  # both processes listen again within a few seconds
         rows = await fetch(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'app-events'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'app-events' AND datname = current_database()"
         )
         if rows[0][0] >= 2:
             break
