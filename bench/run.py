@@ -29,7 +29,11 @@ from urllib.parse import urlencode
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
-if __name__ == "__main__" and VENV_PY.exists() and Path(sys.prefix) != ROOT / ".venv":
+if (
+    __name__ == "__main__"
+    and VENV_PY.exists()
+    and Path(sys.prefix).resolve() != VENV_PY.parent.parent.resolve()
+):
     os.execv(VENV_PY, [str(VENV_PY), __file__, *sys.argv[1:]])  # asyncpg, jose live there
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
@@ -572,7 +576,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small data, 1 run, 2 s per scenario")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="of: " + ",".join(SCENARIOS))
-    p.add_argument("--checks", default=",".join(CHECKS), help="of: " + ",".join(CHECKS))
+    p.add_argument("--checks", default=",".join(CHECKS), help="of: " + ",".join(CHECKS) + ", none")
     p.add_argument("--duration", type=float, help="seconds per run (default 10, --quick 2)")
     p.add_argument("--runs", type=int, help="runs per scenario, medians (default 3, --quick 1)")
     p.add_argument("-c", "--connections", type=int, default=32)
