@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PG, ROOT, admin, machine, migrate
+from run import PG, ROOT, admin, cpu_ticks, machine, memory_mib, migrate
 
 from tests.helpers import User, new_thread, send, sign_up, start, ws_url
 
@@ -44,6 +44,7 @@ from tests.helpers import User, new_thread, send, sign_up, start, ws_url
 ARGON2 = {"ARGON2_MEMORY_KIB": "1024", "ARGON2_TIME_COST": "1"}
 MEMBERS, POSTERS, SETUP_CONCURRENCY, DRAIN_SECONDS = 20, 4, 32, 5.0
 T = TypeVar("T")
+HZ = os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -66,15 +67,6 @@ async def bounded(n: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
             return await job
 
     return await asyncio.gather(*(one(j) for j in jobs))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
 
 
 class Sockets:
@@ -199,7 +191,7 @@ async def run(a: argparse.Namespace) -> int:
             gc.collect()  # no collector pauses in the client while it takes the times
             gc.freeze()
             gc.disable()
-            cpu0 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time()
+            cpu0 = [cpu_ticks()[s.proc.pid][1] / HZ for s in servers], time.process_time()
             print(f"run: {total} messages at {a.rate:g}/s ...", flush=True)
             begin = time.perf_counter()
             for k in range(total):
@@ -212,9 +204,9 @@ async def run(a: argparse.Namespace) -> int:
             await sockets.wait(expected, DRAIN_SECONDS)
             in_time = sockets.received[:]  # what comes later counts as lost
             wall = time.perf_counter() - begin
-            cpu1 = [cpu_seconds(s.proc.pid) for s in servers], time.process_time()
+            cpu1 = [cpu_ticks()[s.proc.pid][1] / HZ for s in servers], time.process_time()
             gc.enable()
-            rss = " + ".join(f"{rss_mb(s.proc.pid)} MB" for s in servers)
+            rss = " + ".join(f"{memory_mib(s.proc.pid, 'VmRSS'):.0f} MiB" for s in servers)
             died = [i for i, s in enumerate(servers) if s.proc.poll() is not None]
 
         latencies: list[float] = []
