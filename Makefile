@@ -32,7 +32,7 @@ test: install  ## the whole suite; DATABASE_URL=postgresql://... runs it on Post
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app
+	$(VENV)/bin/mypy app bench tests
 	$(VENV)/bin/lint-imports
 
 lock: $(UV)  ## re-resolve uv.lock after editing the dependencies in pyproject.toml

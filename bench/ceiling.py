@@ -1,23 +1,15 @@
-"""The ceiling: the bench's read scenarios and the message POST in a plain ASGI app on
-raw asyncpg, with no framework, no ORM and no validation library.
+"""The ceiling: the bench's scenarios in a plain ASGI app on raw asyncpg, with no framework,
+no ORM and no validation library, served by uvicorn as `python -m app` is.
 
-It does what the real app must do for each request, and nothing more:
-- verify the HS256 bearer token (signature, alg, exp, type) and load the user row, checking
-  is_active, token_version and the "regular" scope, as app/security.py does;
-- run the same SQL statements as the app (see bench/README.md), on prepared statements;
-- answer the same JSON.
+Per request it does what the app must do, and nothing more: verify the HS256 bearer token
+(signature, alg, exp, type; stdlib hmac instead of python-jose), load the user row and check
+is_active, token_version and the "regular" scope (app/security.py), run the app's own SQL
+(below) on prepared statements, and answer the same JSON. It leaves out what a hand-written
+raw-asyncpg app would: BEGIN/COMMIT around reads (each statement is its own snapshot under
+READ COMMITTED), the SAVEPOINT around the INSERT (the bench sends no client_id) and the
+pool's reset query.
 
-What it leaves out, on purpose, since a hand-written raw-asyncpg app would: no BEGIN/COMMIT
-around read-only requests (each statement is its own snapshot under READ COMMITTED
-anyway), no SAVEPOINT around the message INSERT (no client_id race handling is needed for
-the bench's sends, which carry no client_id), no pool reset query on release. JWTs are
-verified with hmac/base64/json from the standard library instead of python-jose.
-
-Served by uvicorn exactly as the app is (`python -m app` = uvicorn.run(...,
-proxy_headers=True), access log on), so the two differ only in the application code:
-
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 \
-        .venv/bin/python bench/ceiling.py
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 .venv/bin/python bench/ceiling.py
 """
 
 import base64
@@ -32,30 +24,35 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
+import uvicorn
 
 SECRET = os.environ.get("SECRET_KEY", "dev-secret-key-change-me").encode()
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-for _prefix in ("postgresql+asyncpg://", "postgres://"):
-    DSN = DSN.replace(_prefix, "postgresql://")
-POOL_SIZE = int(os.environ.get("DB_POOL_SIZE", "10")) + int(os.environ.get("DB_MAX_OVERFLOW", "10"))
+DSN = DSN.replace("postgresql+asyncpg://", "postgresql://")
+# The app's pool (app/settings.py), from the same settings.
+POOL_SIZE = int(os.environ.get("DB_POOL_SIZE", "20")) + int(os.environ.get("DB_MAX_OVERFLOW", "0"))
 # Not the app's channel: the app, idle beside the ceiling during a run, must not get (and
 # spend its core on) the ceiling's events.
-CHANNEL = os.environ.get("CEILING_CHANNEL", "bench_ceiling_events")
+CHANNEL = "bench_ceiling_events"
 
-# The app's statements, as SQLAlchemy renders them (the "::INTEGER" casts aside).
-USER_SQL = (
+# ---------------------------------------------------------------------------------------
+# THE APP'S STATEMENTS, as SQLAlchemy renders them (its "::INTEGER" casts left out). When
+# app/ changes what it sends (a column, a join, a version counter), change them here: the
+# ceiling must keep doing what the app must do, no less.
+# ---------------------------------------------------------------------------------------
+USER_SQL = (  # get_current_user: the user the token names
     'SELECT "user".id, "user".created_at, "user".updated_at, "user".deleted, "user".email, '
     '"user".full_name, "user".hashed_password, "user".scopes, "user".is_active, '
     '"user".token_version FROM "user" WHERE "user".deleted = false AND "user".id = $1'
 )
-MEMBER_THREAD_SQL = (
+MEMBER_THREAD_SQL = (  # MemberThread: the thread, if the user is a member
     "SELECT thread.id, thread.created_at, thread.updated_at, thread.deleted, thread.title, "
     "thread.owner_id, thread.last_message_at FROM thread "
     "WHERE thread.deleted = false AND thread.id = $1 AND (EXISTS (SELECT membership.id "
     "FROM membership WHERE membership.thread_id = thread.id AND membership.user_id = $2 "
     "AND membership.deleted = false))"
 )
-THREADS_SQL = (
+THREADS_SQL = (  # GET /api/threads: a page, with unread counts
     "SELECT thread.id, thread.created_at, thread.updated_at, thread.deleted, thread.title, "
     "thread.owner_id, thread.last_message_at, (SELECT count(*) AS count_1 FROM message "
     "WHERE message.thread_id = thread.id AND message.id > membership.last_read_message_id "
@@ -66,7 +63,7 @@ THREADS_SQL = (
     "ORDER BY coalesce(thread.last_message_at, thread.created_at) DESC, thread.id DESC "
     "LIMIT $3"
 )
-MEMBERS_SQL = (
+MEMBERS_SQL = (  # ... and their members
     'SELECT "user".id, "user".full_name, membership.thread_id '
     'FROM "user" JOIN membership ON membership.user_id = "user".id '
     'WHERE "user".deleted = false AND membership.thread_id = ANY($1::integer[]) '
@@ -76,18 +73,16 @@ MESSAGE_COLUMNS = (
     "message.id, message.created_at, message.updated_at, message.deleted, message.thread_id, "
     "message.author_id, message.edited_at, message.body, message.client_id"
 )
-NEWEST_SQL = (
+NEWEST_SQL = (  # GET .../messages: the newest page
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.deleted = false "
     "AND message.thread_id = $1 ORDER BY message.id DESC LIMIT $2"
 )
-BEFORE_SQL = (
+BEFORE_SQL = (  # GET .../messages?before=: an older page
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.deleted = false "
     "AND message.thread_id = $1 AND message.id < $2 ORDER BY message.id DESC LIMIT $3"
 )
-AFTER_SQL = (
-    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.deleted = false "
-    "AND message.thread_id = $1 AND message.id > $2 ORDER BY message.id LIMIT $3"
-)
+# POST .../messages, in one transaction: the thread row first (its lock makes sends to one
+# thread take turns, as in the app), the message, the sender's read marker, the event.
 TOUCH_THREAD_SQL = "UPDATE thread SET updated_at=$1, last_message_at=$2 WHERE thread.id = $3"
 INSERT_MESSAGE_SQL = (
     "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, edited_at, "
@@ -99,8 +94,9 @@ READ_MARKER_SQL = (
     "AND membership.deleted = false AND membership.last_read_message_id < $5"
 )
 NOTIFY_SQL = "SELECT pg_notify($1, p) FROM unnest(CAST($2 AS text[])) AS p"
+# ---------------------------------------------------------------------------------------
 
-pool: asyncpg.Pool | None = None
+pool: Any = None  # an asyncpg.Pool once started
 
 
 class HTTPError(Exception):
@@ -110,120 +106,99 @@ class HTTPError(Exception):
 
 def iso(value: datetime | None) -> str | None:
     """pydantic's rendering of an aware UTC datetime: ISO 8601 with a Z."""
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def b64decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
-def verify_jwt(token: str) -> dict[str, Any]:
-    """HS256 only (the header is checked, never trusted), a valid signature, not expired."""
-    try:
-        header_b64, payload_b64, signature_b64 = token.split(".")
-        signing_input = f"{header_b64}.{payload_b64}".encode()
-        expected = hmac.new(SECRET, signing_input, hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, b64decode(signature_b64)):
-            raise ValueError
-        if json.loads(b64decode(header_b64)).get("alg") != "HS256":
-            raise ValueError
-        claims = json.loads(b64decode(payload_b64))
-        if not isinstance(claims, dict) or int(claims["exp"]) <= time.time():
-            raise ValueError
-        claims["sub"], claims["ver"] = int(claims["sub"]), int(claims["ver"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise HTTPError(401, "Could not validate credentials") from exc
-    if claims.get("type") != "access":
-        raise HTTPError(401, "Could not validate credentials")
-    return claims
-
-
-def bearer(scope: dict[str, Any]) -> dict[str, Any]:
+def claims_of(scope: dict[str, Any]) -> dict[str, Any]:
+    """The bearer token's claims: HS256 only (the header is checked, never trusted), a
+    valid signature, not expired, an access token."""
+    token = ""
     for name, value in scope["headers"]:
         if name == b"authorization":
             kind, _, token = value.decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and token:
-                return verify_jwt(token)
-    raise HTTPError(401, "Not authenticated")
+            token = token if kind.lower() == "bearer" else ""
+    if not token:
+        raise HTTPError(401, "Not authenticated")
+    try:
+        header, payload, signature = token.split(".")
+        expected = hmac.new(SECRET, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, b64decode(signature)):
+            raise ValueError
+        if json.loads(b64decode(header)).get("alg") != "HS256":
+            raise ValueError
+        claims = json.loads(b64decode(payload))
+        if int(claims["exp"]) <= time.time() or claims.get("type") != "access":
+            raise ValueError
+        claims["sub"], claims["ver"] = int(claims["sub"]), int(claims["ver"])
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise HTTPError(401, "Could not validate credentials") from exc
+    return dict(claims)
 
 
-async def current_user(con: asyncpg.Connection, claims: dict[str, Any]) -> asyncpg.Record:
+async def current_user(con: Any, claims: dict[str, Any]) -> Any:
     """The live user the token speaks for, holding the "regular" scope: get_current_user."""
     user = await con.fetchrow(USER_SQL, claims["sub"])
     if user is None or not user["is_active"] or user["token_version"] != claims["ver"]:
         raise HTTPError(401, "Could not validate credentials")
-    granted = set(str(claims.get("scope", "")).split()) & set(json.loads(user["scopes"]))
-    if "regular" not in granted:
+    if "regular" not in set(str(claims.get("scope", "")).split()) & set(json.loads(user["scopes"])):
         raise HTTPError(403, "Not enough permissions")
     return user
 
 
-async def member_thread(con: asyncpg.Connection, thread_id: int, user_id: int) -> asyncpg.Record:
+async def member_thread(con: Any, thread_id: int, user_id: int) -> Any:
     thread = await con.fetchrow(MEMBER_THREAD_SQL, thread_id, user_id)
     if thread is None:
         raise HTTPError(404, "Thread not found")
     return thread
 
 
-def user_out(user: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": user["id"],
-        "created_at": iso(user["created_at"]),
-        "updated_at": iso(user["updated_at"]),
-        "email": user["email"],
-        "full_name": user["full_name"],
-        "scopes": json.loads(user["scopes"]),
-        "is_active": user["is_active"],
-    }
-
-
 def message_out(m: Any) -> dict[str, Any]:
     return {
-        "id": m["id"],
-        "created_at": iso(m["created_at"]),
-        "updated_at": iso(m["updated_at"]),
-        "thread_id": m["thread_id"],
-        "author_id": m["author_id"],
-        "edited_at": iso(m["edited_at"]),
-        "body": m["body"],
-        "client_id": m["client_id"],
-    }
+        "id": m["id"], "created_at": iso(m["created_at"]), "updated_at": iso(m["updated_at"]),
+        "thread_id": m["thread_id"], "author_id": m["author_id"],
+        "edited_at": iso(m["edited_at"]), "body": m["body"], "client_id": m["client_id"],
+    }  # fmt: skip
 
 
-def encode_cursor(values: list[Any]) -> str:
-    raw = [v.isoformat() if isinstance(v, datetime) else v for v in values]
-    return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+def thread_out(t: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": t["id"], "created_at": iso(t["created_at"]), "updated_at": iso(t["updated_at"]),
+        "title": t["title"], "owner_id": t["owner_id"], "members": members,
+        "last_message_at": iso(t["last_message_at"]), "unread_count": t["anon_1"],
+    }  # fmt: skip
 
 
-def query_int(query: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> Any:
+def query_int(scope: dict[str, Any], name: str, default: int | None, hi: int) -> int | None:
+    query = dict(parse_qsl(scope["query_string"].decode()))
     if name not in query:
         return default
     try:
         value = int(query[name])
     except ValueError:
         raise HTTPError(422, f"{name} must be an integer") from None
-    if not lo <= value <= hi:
+    if not 1 <= value <= hi:
         raise HTTPError(422, f"{name} out of range")
     return value
 
 
-async def users_me(scope: dict[str, Any], _: bytes) -> tuple[int, Any]:
-    claims = bearer(scope)
-    assert pool is not None
+async def users_me(scope: dict[str, Any]) -> tuple[int, Any]:
+    claims = claims_of(scope)
     async with pool.acquire() as con:
-        user = await current_user(con, claims)
-    return 200, user_out(user)
+        u = await current_user(con, claims)
+    return 200, {
+        "id": u["id"], "created_at": iso(u["created_at"]), "updated_at": iso(u["updated_at"]),
+        "email": u["email"], "full_name": u["full_name"], "scopes": json.loads(u["scopes"]),
+        "is_active": u["is_active"],
+    }  # fmt: skip
 
 
-async def list_threads(scope: dict[str, Any], _: bytes) -> tuple[int, Any]:
-    claims = bearer(scope)
-    query = dict(parse_qsl(scope["query_string"].decode()))
-    limit = query_int(query, "limit", 50, 1, 200)
-    if "cursor" in query:
-        raise HTTPError(400, "cursors are not part of the bench")
-    assert pool is not None
+async def list_threads(scope: dict[str, Any]) -> tuple[int, Any]:
+    claims = claims_of(scope)
+    limit = query_int(scope, "limit", 50, 200) or 50
     async with pool.acquire() as con:
         user = await current_user(con, claims)
         rows = await con.fetch(THREADS_SQL, user["id"], user["id"], limit + 1)
@@ -232,167 +207,115 @@ async def list_threads(scope: dict[str, Any], _: bytes) -> tuple[int, Any]:
         if page:
             for m in await con.fetch(MEMBERS_SQL, list(members)):
                 members[m["thread_id"]].append({"id": m["id"], "full_name": m["full_name"]})
-    items = [
-        {
-            "id": t["id"],
-            "created_at": iso(t["created_at"]),
-            "updated_at": iso(t["updated_at"]),
-            "title": t["title"],
-            "owner_id": t["owner_id"],
-            "members": members[t["id"]],
-            "last_message_at": iso(t["last_message_at"]),
-            "unread_count": t["anon_1"],
-        }
-        for t in page
-    ]
+    items = [thread_out(t, members[t["id"]]) for t in page]
     cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        cursor = encode_cursor([last["coalesce_1"], last["id"]])
+    if len(rows) > limit:  # the keyset cursor, encoded as app/repository.py does
+        key = [page[-1]["coalesce_1"].isoformat(), page[-1]["id"]]
+        cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
     return 200, {"items": items, "next_cursor": cursor}
 
 
-async def list_messages(scope: dict[str, Any], _: bytes, thread_id: int) -> tuple[int, Any]:
-    claims = bearer(scope)
-    query = dict(parse_qsl(scope["query_string"].decode()))
-    limit = query_int(query, "limit", 50, 1, 200)
-    before = query_int(query, "before", None, 1, 2**31 - 1)
-    after = query_int(query, "after", None, 0, 2**31 - 1)
-    if before is not None and after is not None:
-        raise HTTPError(422, "Give before or after, not both")
-    assert pool is not None
+async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any]:
+    claims = claims_of(scope)
+    limit = query_int(scope, "limit", 50, 200) or 50
+    before = query_int(scope, "before", None, 2**31 - 1)
     async with pool.acquire() as con:
         user = await current_user(con, claims)
         thread = await member_thread(con, thread_id, user["id"])
-        if after is not None:
-            rows = await con.fetch(AFTER_SQL, thread["id"], after, limit + 1)
-        elif before is not None:
-            rows = await con.fetch(BEFORE_SQL, thread["id"], before, limit + 1)
-        else:
+        if before is None:
             rows = await con.fetch(NEWEST_SQL, thread["id"], limit + 1)
-    page = rows[:limit] if after is not None else rows[:limit][::-1]
+        else:
+            rows = await con.fetch(BEFORE_SQL, thread["id"], before, limit + 1)
+    page = rows[:limit][::-1]
     return 200, {"items": [message_out(m) for m in page], "has_more": len(rows) > limit}
 
 
 async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tuple[int, Any]:
-    claims = bearer(scope)
+    claims = claims_of(scope)
     try:
         data = json.loads(body)
-        text = data["body"]
-        if not isinstance(text, str):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
+        text = data["body"].strip()
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise HTTPError(422, "body: a string is required") from None
-    text = text.strip()
-    if not 1 <= len(text) <= 4000:
-        raise HTTPError(422, "body: 1 to 4000 characters")
-    client_id = data.get("client_id")
-    if client_id is not None:
-        raise HTTPError(422, "client_id is not part of the bench")
-    assert pool is not None
+    if not 1 <= len(text) <= 4000 or data.get("client_id") is not None:
+        raise HTTPError(422, "body: 1 to 4000 characters, and no client_id in the bench")
     async with pool.acquire() as con, con.transaction():
         user = await current_user(con, claims)
         thread = await member_thread(con, thread_id, user["id"])
         now = datetime.now(UTC)
-        # The thread row first: its lock makes sends to one thread take turns, as in the app.
         await con.execute(TOUCH_THREAD_SQL, now, now, thread["id"])
         message_id = await con.fetchval(
             INSERT_MESSAGE_SQL, now, now, False, thread["id"], user["id"], None, text, None
         )
         await con.execute(READ_MARKER_SQL, now, message_id, thread["id"], user["id"], message_id)
-        out = {
-            "id": message_id,
-            "created_at": iso(now),
-            "updated_at": iso(now),
-            "thread_id": thread["id"],
-            "author_id": user["id"],
-            "edited_at": None,
-            "body": text,
-            "client_id": None,
-        }
+        out = message_out(
+            {"id": message_id, "created_at": now, "updated_at": now, "thread_id": thread["id"],
+             "author_id": user["id"], "edited_at": None, "body": text, "client_id": None}
+        )  # fmt: skip
         event = {"type": "message.created", "thread_id": thread["id"], "data": out}
         await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
     return 201, out
 
 
-async def read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def reply(send: Any, status: int, payload: Any) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def lifespan(receive: Any, send: Any) -> None:
-    global pool
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            pool = await asyncpg.create_pool(
-                DSN,
-                min_size=min(10, POOL_SIZE),
-                max_size=POOL_SIZE,
-                reset=None if os.environ.get("CEILING_POOL_RESET") else _no_reset,
-            )
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if pool is not None:
-                await pool.close()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _no_reset(_: asyncpg.Connection) -> None:
-    """Connections come back with no open transaction, listener or setting to undo."""
+async def route(method: str, path: str, scope: dict[str, Any], body: bytes) -> tuple[int, Any]:
+    parts = path.strip("/").split("/")
+    if method == "GET" and path == "/api/health":
+        return 200, {"status": "ok"}
+    if method == "GET" and path == "/api/users/me":
+        return await users_me(scope)
+    if method == "GET" and path == "/api/threads":
+        return await list_threads(scope)
+    if len(parts) == 4 and parts[:2] == ["api", "threads"] and parts[3] == "messages":
+        if not parts[2].isdigit():
+            raise HTTPError(422, "thread_id must be an integer")
+        if method == "GET":
+            return await list_messages(scope, int(parts[2]))
+        if method == "POST":
+            return await send_message(scope, body, int(parts[2]))
+        raise HTTPError(405, "Method Not Allowed")
+    raise HTTPError(404, "Not Found")
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global pool
     if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-        return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # No reset query on release: connections come back with nothing to undo.
+                pool = await asyncpg.create_pool(
+                    DSN, min_size=min(10, POOL_SIZE), max_size=POOL_SIZE, reset=_no_reset
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await pool.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
     if scope["type"] != "http":
         return
-    method, path = scope["method"], scope["path"]
-    body = await read_body(receive) if method == "POST" else b""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
     try:
-        parts = path.strip("/").split("/")
-        if method == "GET" and path == "/api/users/me":
-            status, payload = await users_me(scope, body)
-        elif method == "GET" and path == "/api/threads":
-            status, payload = await list_threads(scope, body)
-        elif len(parts) == 4 and parts[:2] == ["api", "threads"] and parts[3] == "messages":
-            try:
-                thread_id = int(parts[2])
-            except ValueError:
-                raise HTTPError(422, "thread_id must be an integer") from None
-            if method == "GET":
-                status, payload = await list_messages(scope, body, thread_id)
-            elif method == "POST":
-                status, payload = await send_message(scope, body, thread_id)
-            else:
-                raise HTTPError(405, "Method Not Allowed")
-        elif method == "GET" and path == "/api/health":
-            status, payload = 200, {"status": "ok"}
-        else:
-            raise HTTPError(404, "Not Found")
+        status, payload = await route(scope["method"], scope["path"], scope, body)
     except HTTPError as exc:
         status, payload = exc.status, {"detail": exc.detail}
-    await reply(send, status, payload)
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _no_reset(_: Any) -> None:
+    pass
 
 
 if __name__ == "__main__":
-    import uvicorn
-
     uvicorn.run(
         app,
         host=os.environ.get("HOST", "127.0.0.1"),

@@ -1,12 +1,11 @@
 """Tests talk to the real app over HTTP (httpx's ASGI transport) and to a real database:
 an SQLite file by default, PostgreSQL when DATABASE_URL says so. Each test starts from
-empty tables."""
+empty tables. Shared helpers live in tests/helpers.py; the fixtures live here."""
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from itertools import count
-from typing import Any
 
 _scratch = tempfile.mkdtemp(prefix="fab-tests-")
 os.environ.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{_scratch}/test.db")
@@ -14,7 +13,6 @@ os.environ["ENVIRONMENT"] = "development"
 os.environ.pop("FIRST_SUPERUSER_EMAIL", None)
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
@@ -24,8 +22,8 @@ from sqlmodel import SQLModel  # noqa: E402
 from app.db import engine, migrate_to_head  # noqa: E402
 from app.main import app  # noqa: E402
 from app.settings import settings  # noqa: E402
+from tests.helpers import PASSWORD, MakeUser, User, free_port, login, set_scopes  # noqa: E402
 
-PASSWORD = "correct horse battery"
 _ids = count(1)
 
 
@@ -61,26 +59,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-class User(dict[str, Any]):
-    """A signed-up user: its UserPrivate fields, plus `headers` and `token` of a login."""
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self['token']['access_token']}"}
-
-
-MakeUser = Callable[..., Awaitable[User]]
-
-
-async def login(
-    client: httpx.AsyncClient, email: str, password: str = PASSWORD, scope: str | None = None
-) -> httpx.Response:
-    form = {"username": email, "password": password}
-    if scope is not None:
-        form["scope"] = scope
-    return await client.post("/api/auth/token", data=form)
-
-
 @pytest.fixture
 def make_user(client: httpx.AsyncClient) -> MakeUser:
     """Sign up (and log in) a new user; `scopes` are granted straight in the database."""
@@ -94,7 +72,7 @@ def make_user(client: httpx.AsyncClient) -> MakeUser:
         r = await client.post("/api/auth/signup", json=body)
         assert r.status_code == 201, r.text
         user = User(r.json())
-        if scopes:
+        if scopes:  # before the login, so that its token carries them
             await set_scopes(user["id"], scopes)
             user["scopes"] = scopes
         token = await login(client, email)
@@ -105,30 +83,12 @@ def make_user(client: httpx.AsyncClient) -> MakeUser:
     return make
 
 
-async def set_scopes(user_id: int, scopes: list[str]) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text('UPDATE "user" SET scopes = :s WHERE id = :id'),
-            {"s": json.dumps(scopes), "id": user_id},
-        )
-
-
-async def fetch(sql: str, **params: Any) -> list[Any]:
-    """Read the database directly, to check what a request stored."""
-    async with engine.connect() as conn:
-        return list((await conn.execute(text(sql), params)).all())
-
-
 @pytest.fixture(scope="session")
 async def live_server() -> AsyncIterator[str]:
     """A real uvicorn on a free port, in this event loop (same engine, same hub)."""
-    import socket
-
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     )

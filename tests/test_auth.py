@@ -5,13 +5,9 @@ from httpx import AsyncClient
 from jose import jwt
 
 from app.settings import settings
-from tests.conftest import PASSWORD, MakeUser, fetch, login
+from tests.helpers import PASSWORD, MakeUser, bearer, fetch, login, set_scopes
 
 SIGNUP = "/api/auth/signup"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_signup_returns_user_private(client: AsyncClient) -> None:
@@ -139,7 +135,6 @@ async def test_missing_scope_is_403(client: AsyncClient, make_user: MakeUser) ->
 
 
 async def test_scope_taken_away_stops_working(client: AsyncClient, make_user: MakeUser) -> None:
-    from tests.conftest import set_scopes
 
     admin = await make_user(scopes=["regular", "admin"])
     await set_scopes(admin["id"], ["regular"])

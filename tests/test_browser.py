@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from app.settings import settings
-from tests.conftest import PASSWORD
-from tests.test_service import serve
+from tests.helpers import PASSWORD, serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

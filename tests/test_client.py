@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_service import clean_env
+from tests.helpers import clean_env
 
 TS = Path(__file__).resolve().parent.parent / "clients" / "ts"
 BIN = TS / "node_modules" / ".bin"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.settings import settings
-from tests.test_service import serve
+from tests.helpers import serve
 
 pytestmark = pytest.mark.skipif(settings.is_sqlite, reason="runs with the PostgreSQL suite")
 

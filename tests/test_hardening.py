@@ -9,8 +9,7 @@ import httpx
 from httpx import AsyncClient
 from websockets.asyncio.client import connect
 
-from tests.conftest import PASSWORD, MakeUser
-from tests.test_service import serve
+from tests.helpers import PASSWORD, MakeUser, serve
 
 
 async def test_security_headers_and_request_id(client: AsyncClient) -> None:
@@ -141,9 +140,9 @@ async def test_logs_one_json_line_per_request_and_no_secrets(tmp_path: Path) -> 
     assert "$argon2" not in output and "hashed_password" not in output
 
 
-def ws_id(requests: list[dict[str, object]]) -> object:
+def ws_id(requests: list[dict[str, object]]) -> str:
     [ws] = [r for r in requests if r["method"] == "WS" and r["path"] == "/api/ws"]
-    return ws["request_id"]
+    return str(ws["request_id"])
 
 
 async def test_what_the_fuzzer_found_stays_fixed(client: AsyncClient, make_user: MakeUser) -> None:

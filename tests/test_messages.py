@@ -10,8 +10,7 @@ from sqlalchemy import event
 
 from app.db import engine
 from app.main import app
-from tests.conftest import MakeUser, User, fetch
-from tests.test_threads import new_thread, send
+from tests.helpers import MakeUser, User, fetch, new_thread, send
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",

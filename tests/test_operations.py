@@ -9,8 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.settings import settings
-from tests.conftest import PASSWORD, fetch
-from tests.test_service import serve
+from tests.helpers import PASSWORD, fetch, serve
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="worker processes need PostgreSQL")
 

@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from app.settings import settings
-from tests.conftest import PASSWORD
-from tests.test_service import ROOT, clean_env, free_port, serve
+from tests.helpers import PASSWORD, ROOT, clean_env, free_port, serve
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [

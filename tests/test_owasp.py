@@ -11,12 +11,7 @@ from httpx import AsyncClient
 from jose import jwt
 
 from app.settings import settings
-from tests.conftest import PASSWORD, MakeUser, User, fetch, login
-from tests.test_threads import new_thread, send
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.helpers import PASSWORD, MakeUser, User, bearer, fetch, login, new_thread, send
 
 
 def thread_routes(tid: int, mid: int, uid: int) -> list[tuple[str, str, Any]]:

@@ -5,7 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.test_service import ROOT, serve
+from tests.helpers import ROOT, serve
 
 
 def tour_blocks(language: str) -> list[str]:

@@ -1,7 +1,6 @@
 """Realtime events over a real WebSocket to a real uvicorn, in this process."""
 
 import asyncio
-import json
 import random
 import socket
 from typing import Any
@@ -9,40 +8,26 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from app import realtime
-from tests.conftest import MakeUser, User
-from tests.test_threads import new_thread, send
-
-READY = {"type": "ready", "thread_id": None, "data": {}}
-
-
-def ws_url(server: str, token: str) -> str:
-    return f"ws://{server}/api/ws?token={token}"
+from tests.helpers import (
+    READY,
+    MakeUser,
+    User,
+    assert_silent,
+    close_code,
+    new_thread,
+    next_event,
+    send,
+    ws_url,
+)
 
 
 async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
     ws = await connect(ws_url(server, user["token"]["access_token"]), **kwargs)
     # Subscribed: everything committed from here on will arrive.
-    assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == READY
+    assert await next_event(ws) == READY
     return ws
-
-
-async def next_event(ws: ClientConnection, timeout: float = 5) -> Any:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def assert_silent(ws: ClientConnection, wait: float = 0.3) -> None:
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.recv(), wait)
-
-
-async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:
-    with pytest.raises(ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    return ws.close_code
 
 
 async def test_bad_tokens_are_closed_with_4401(live_server: str, make_user: MakeUser) -> None:

@@ -3,9 +3,8 @@ LISTEN/NOTIFY."""
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -13,9 +12,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.settings import settings
-from tests.conftest import PASSWORD, fetch
-from tests.test_realtime import assert_silent, close_code, next_event
-from tests.test_service import free_port
+from tests.helpers import (
+    assert_silent,
+    bearer,
+    close_code,
+    fetch,
+    next_event,
+    sign_up,
+    start,
+    ws_url,
+)
 
 pytestmark = pytest.mark.skipif(
     settings.is_sqlite, reason="fan-out across processes needs PostgreSQL"
@@ -23,35 +29,16 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[list[str]]:
-    ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            env={**os.environ, "PORT": str(port), "DATABASE_URL": settings.database_url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    bases = [f"127.0.0.1:{port}" for port in ports]
-    try:
-        for base, proc in zip(bases, procs, strict=True):
-            for _ in range(300):
-                try:
-                    if httpx.get(f"http://{base}/api/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.poll() is None, "server exited"
-                import time
-
-                time.sleep(0.1)
-        yield bases
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
+    with ExitStack() as stack:
+        started = [
+            stack.enter_context(
+                start(tmp_path_factory.mktemp("server"), env, ready="/api/health/ready")
+            )
+            for _ in range(2)
+        ]
+        yield [s.base.removeprefix("http://") for s in started]
 
 
 class Peer:
@@ -60,16 +47,14 @@ class Peer:
     def __init__(self, base: str, user: dict[str, Any]) -> None:
         self.base, self.user = base, user
         token = user["token"]["access_token"]
-        self.http = httpx.AsyncClient(
-            base_url=f"http://{base}", headers={"Authorization": f"Bearer {token}"}
-        )
+        self.http = httpx.AsyncClient(base_url=f"http://{base}", headers=bearer(token))
 
     @property
     def token(self) -> str:
         return str(self.user["token"]["access_token"])
 
     def listen(self, base: str | None = None) -> Any:
-        return connect(f"ws://{base or self.base}/api/ws?token={self.token}")
+        return connect(ws_url(base or self.base, self.token))
 
     async def send(self, thread_id: int, body: str) -> Any:
         r = await self.http.post(f"/api/threads/{thread_id}/messages", json={"body": body})
@@ -82,14 +67,7 @@ async def peers(servers: list[str]) -> AsyncIterator[list[Peer]]:
     made: list[Peer] = []
     async with httpx.AsyncClient(base_url=f"http://{servers[0]}") as c:
         for n in range(4):
-            email = f"peer{n}@example.com"
-            r = await c.post(
-                "/api/auth/signup",
-                json={"email": email, "password": PASSWORD, "full_name": f"P{n}"},
-            )
-            assert r.status_code == 201
-            token = await c.post("/api/auth/token", data={"username": email, "password": PASSWORD})
-            made.append(Peer(servers[n % 2], {**r.json(), "token": token.json()}))
+            made.append(Peer(servers[n % 2], await sign_up(c, f"peer{n}@example.com", f"P{n}")))
     yield made
     for peer in made:
         await peer.http.aclose()
@@ -167,15 +145,17 @@ async def test_listener_reconnects_and_sockets_are_told(
     thread_id = await new_thread(a, b)
     async with b.listen(servers[0]) as ws:
         await ready(ws)
+        # This database's listeners only: other suites may share the PostgreSQL server.
         await fetch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'app-events'"
+            "WHERE application_name = 'app-events' AND datname = current_database()"
         )
         # It may have missed events: it is closed with 1012 so the client catches up.
         assert await close_code(ws, timeout=10) == 1012
     for _ in range(50):  # both processes listen again within a few seconds
         rows = await fetch(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'app-events'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'app-events' AND datname = current_database()"
         )
         if rows[0][0] >= 2:
             break

@@ -28,9 +28,7 @@ from sqlalchemy import make_url
 from websockets.asyncio.client import connect
 
 from app.settings import settings
-from tests.conftest import PASSWORD
-from tests.test_realtime import close_code, next_event
-from tests.test_service import free_port, serve
+from tests.helpers import PASSWORD, close_code, free_port, next_event, serve
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")

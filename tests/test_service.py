@@ -1,10 +1,7 @@
 """The service as deployed: `python -m app` in a real process, settings, migrations."""
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +13,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.settings import settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, clean_env, serve
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -25,49 +21,6 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     r = await client.get("/api/health/ready")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "ENVIRONMENT"}}
-    return {**env, **extra}
-
-
-@contextmanager
-def serve(cwd: Path, **env: str) -> Iterator[str]:
-    """`python -m app` in `cwd` (so its default SQLite file lands there), its output in
-    `cwd / "server.log"`."""
-    port = free_port()
-    log = (cwd / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=cwd,
-        env=clean_env(PORT=str(port), **env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (cwd / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def test_python_m_app_serves_docs_on_a_fresh_sqlite(tmp_path: Path) -> None:

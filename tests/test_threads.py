@@ -2,27 +2,12 @@ from typing import Any
 
 from httpx import AsyncClient
 
-from tests.conftest import MakeUser, User, fetch
+from tests.helpers import MakeUser, User, fetch, new_thread, send
 
 THREAD = {
     "id", "title", "owner_id", "members", "created_at", "updated_at", "last_message_at",
     "unread_count", "version",
 }  # fmt: skip
-
-
-async def new_thread(client: AsyncClient, owner: User, *members: User, title: str = "t") -> Any:
-    body = {"title": title, "member_ids": [m["id"] for m in members]}
-    r = await client.post("/api/threads", json=body, headers=owner.headers)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def send(client: AsyncClient, user: User, thread_id: int, body: str = "hi") -> Any:
-    r = await client.post(
-        f"/api/threads/{thread_id}/messages", json={"body": body}, headers=user.headers
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 async def test_create_thread(client: AsyncClient, make_user: MakeUser) -> None:

@@ -1,6 +1,6 @@
 from httpx import AsyncClient
 
-from tests.conftest import PASSWORD, MakeUser, fetch, login
+from tests.helpers import PASSWORD, MakeUser, fetch, login
 
 PUBLIC = {"id", "full_name"}
 PRIVATE = {
@@ -198,7 +198,7 @@ async def test_list_users_filter_and_deleted(client: AsyncClient, make_user: Mak
     gone = await make_user(full_name="Alicia Gone")
     await client.delete("/api/users/me", headers=gone.headers)
 
-    async def names(**params: object) -> set[str]:
+    async def names(**params: str) -> set[str]:
         r = await client.get("/api/users", params=params, headers=admin.headers)
         assert r.status_code == 200
         return {u["full_name"] for u in r.json()["items"]}
