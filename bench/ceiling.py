@@ -40,53 +40,63 @@ CHANNEL = "bench_ceiling_events"
 # app/ changes what it sends (a column, a join, a version counter), change them here: the
 # ceiling must keep doing what the app must do, no less.
 # ---------------------------------------------------------------------------------------
-USER_SQL = (  # get_current_user: the user the token names
+USER_SQL = (  # current_user: the user the token names, and its login (auth_session) live
     'SELECT "user".id, "user".created_at, "user".updated_at, "user".deleted, "user".email, '
     '"user".full_name, "user".hashed_password, "user".scopes, "user".is_active, '
-    '"user".token_version FROM "user" WHERE "user".deleted = false AND "user".id = $1'
+    '"user".email_verified, "user".token_version FROM "user" JOIN auth_session ON '
+    'auth_session.user_id = "user".id WHERE "user".id = $1 AND auth_session.id = $2 AND '
+    '"user".deleted = false AND auth_session.deleted = false AND "user".is_active = true'
+)
+THREAD_COLUMNS = (
+    "thread.id, thread.created_at, thread.updated_at, thread.title, thread.owner_id, "
+    "thread.last_message_at, thread.version"
 )
 MEMBER_THREAD_SQL = (  # MemberThread: the thread, if the user is a member
-    "SELECT thread.id, thread.created_at, thread.updated_at, thread.deleted, thread.title, "
-    "thread.owner_id, thread.last_message_at FROM thread "
-    "WHERE thread.deleted = false AND thread.id = $1 AND (EXISTS (SELECT membership.id "
-    "FROM membership WHERE membership.thread_id = thread.id AND membership.user_id = $2 "
-    "AND membership.deleted = false))"
+    f"SELECT {THREAD_COLUMNS} FROM thread WHERE thread.id = $1 AND thread.deleted = false "
+    "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = thread.id "
+    "AND membership.user_id = $2 AND membership.deleted = false))"
 )
 THREADS_SQL = (  # GET /api/threads: a page, with unread counts
-    "SELECT thread.id, thread.created_at, thread.updated_at, thread.deleted, thread.title, "
-    "thread.owner_id, thread.last_message_at, (SELECT count(*) AS count_1 FROM message "
+    f"SELECT {THREAD_COLUMNS}, (SELECT count(*) AS count_1 FROM message "
     "WHERE message.thread_id = thread.id AND message.id > membership.last_read_message_id "
-    "AND message.author_id != $1 AND message.deleted = false) AS anon_1, "
-    "coalesce(thread.last_message_at, thread.created_at) AS coalesce_1 "
+    "AND message.author_id != membership.user_id AND message.deleted = false) AS unread_count, "
+    "coalesce(thread.last_message_at, thread.created_at) AS activity "
     "FROM thread JOIN membership ON membership.thread_id = thread.id "
-    "WHERE thread.deleted = false AND membership.user_id = $2 AND membership.deleted = false "
+    "WHERE membership.user_id = $1 AND membership.deleted = false AND thread.deleted = false "
     "ORDER BY coalesce(thread.last_message_at, thread.created_at) DESC, thread.id DESC "
-    "LIMIT $3"
+    "LIMIT $2"
 )
 MEMBERS_SQL = (  # ... and their members
-    'SELECT "user".id, "user".full_name, membership.thread_id '
-    'FROM "user" JOIN membership ON membership.user_id = "user".id '
-    'WHERE "user".deleted = false AND membership.thread_id = ANY($1::integer[]) '
-    "AND membership.deleted = false ORDER BY membership.id"
+    'SELECT membership.thread_id, "user".id, "user".full_name '
+    'FROM membership JOIN "user" ON "user".id = membership.user_id '
+    "WHERE membership.thread_id = ANY($1::integer[]) AND membership.deleted = false "
+    "ORDER BY membership.id"
 )
 MESSAGE_COLUMNS = (
-    "message.id, message.created_at, message.updated_at, message.deleted, message.thread_id, "
-    "message.author_id, message.edited_at, message.body, message.client_id"
+    "message.id, message.created_at, message.updated_at, message.thread_id, "
+    "message.author_id, message.body, message.client_id, message.edited_at, message.version"
 )
-NEWEST_SQL = (  # GET .../messages: the newest page
-    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.deleted = false "
-    "AND message.thread_id = $1 ORDER BY message.id DESC LIMIT $2"
+NEWEST_SQL = (  # GET .../messages: the newest page, on the (thread_id, id) index
+    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = $1 AND "
+    "message.deleted = false ORDER BY message.thread_id DESC, message.id DESC LIMIT $2"
 )
 BEFORE_SQL = (  # GET .../messages?before=: an older page
-    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.deleted = false "
-    "AND message.thread_id = $1 AND message.id < $2 ORDER BY message.id DESC LIMIT $3"
+    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = $1 AND "
+    "message.deleted = false AND message.id < $2 "
+    "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
 )
-# POST .../messages, in one transaction: the thread row first (its lock makes sends to one
-# thread take turns, as in the app), the message, the sender's read marker, the event.
-TOUCH_THREAD_SQL = "UPDATE thread SET updated_at=$1, last_message_at=$2 WHERE thread.id = $3"
+# POST .../messages, in one transaction: the thread row first (lock, membership check and
+# version in one statement, as in the app), the message, the sender's read marker, the event.
+BUMP_SQL = (
+    "UPDATE thread SET updated_at=$1, last_message_at=$2, version=(thread.version + 1) "
+    "WHERE thread.id = $3 AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
+    "WHERE membership.thread_id = $3 AND membership.user_id = $4 AND membership.deleted = "
+    f"false)) RETURNING {THREAD_COLUMNS}"
+)
 INSERT_MESSAGE_SQL = (
-    "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, edited_at, "
-    "body, client_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING message.id"
+    "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, body, "
+    "client_id, version) VALUES ($1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (thread_id, "
+    f"author_id, client_id) DO NOTHING RETURNING {MESSAGE_COLUMNS}"
 )
 READ_MARKER_SQL = (
     "UPDATE membership SET updated_at=$1, last_read_message_id=$2 "
@@ -134,6 +144,7 @@ def claims_of(scope: dict[str, Any]) -> dict[str, Any]:
         if int(claims["exp"]) <= time.time() or claims.get("type") != "access":
             raise ValueError
         claims["sub"], claims["ver"] = int(claims["sub"]), int(claims["ver"])
+        claims["sid"] = int(claims["sid"])
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise HTTPError(401, "Could not validate credentials") from exc
     return dict(claims)
@@ -141,8 +152,8 @@ def claims_of(scope: dict[str, Any]) -> dict[str, Any]:
 
 async def current_user(con: Any, claims: dict[str, Any]) -> Any:
     """The live user the token speaks for, holding the "regular" scope: get_current_user."""
-    user = await con.fetchrow(USER_SQL, claims["sub"])
-    if user is None or not user["is_active"] or user["token_version"] != claims["ver"]:
+    user = await con.fetchrow(USER_SQL, claims["sub"], claims["sid"])
+    if user is None or user["token_version"] != claims["ver"]:
         raise HTTPError(401, "Could not validate credentials")
     if "regular" not in set(str(claims.get("scope", "")).split()) & set(json.loads(user["scopes"])):
         raise HTTPError(403, "Not enough permissions")
@@ -160,7 +171,8 @@ def message_out(m: Any) -> dict[str, Any]:
     return {
         "id": m["id"], "created_at": iso(m["created_at"]), "updated_at": iso(m["updated_at"]),
         "thread_id": m["thread_id"], "author_id": m["author_id"],
-        "edited_at": iso(m["edited_at"]), "body": m["body"], "client_id": m["client_id"],
+        "body": m["body"], "client_id": m["client_id"], "edited_at": iso(m["edited_at"]),
+        "version": m["version"], "reactions": [],
     }  # fmt: skip
 
 
@@ -168,7 +180,8 @@ def thread_out(t: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": t["id"], "created_at": iso(t["created_at"]), "updated_at": iso(t["updated_at"]),
         "title": t["title"], "owner_id": t["owner_id"], "members": members,
-        "last_message_at": iso(t["last_message_at"]), "unread_count": t["anon_1"],
+        "last_message_at": iso(t["last_message_at"]), "version": t["version"],
+        "unread_count": t["unread_count"],
     }  # fmt: skip
 
 
@@ -192,7 +205,7 @@ async def users_me(scope: dict[str, Any]) -> tuple[int, Any]:
     return 200, {
         "id": u["id"], "created_at": iso(u["created_at"]), "updated_at": iso(u["updated_at"]),
         "email": u["email"], "full_name": u["full_name"], "scopes": json.loads(u["scopes"]),
-        "is_active": u["is_active"],
+        "is_active": u["is_active"], "email_verified": u["email_verified"],
     }  # fmt: skip
 
 
@@ -201,7 +214,7 @@ async def list_threads(scope: dict[str, Any]) -> tuple[int, Any]:
     limit = query_int(scope, "limit", 50, 200) or 50
     async with pool.acquire() as con:
         user = await current_user(con, claims)
-        rows = await con.fetch(THREADS_SQL, user["id"], user["id"], limit + 1)
+        rows = await con.fetch(THREADS_SQL, user["id"], limit + 1)
         page = rows[:limit]
         members: dict[int, list[dict[str, Any]]] = {r["id"]: [] for r in page}
         if page:
@@ -210,7 +223,7 @@ async def list_threads(scope: dict[str, Any]) -> tuple[int, Any]:
     items = [thread_out(t, members[t["id"]]) for t in page]
     cursor = None
     if len(rows) > limit:  # the keyset cursor, encoded as app/repository.py does
-        key = [page[-1]["coalesce_1"].isoformat(), page[-1]["id"]]
+        key = [page[-1]["activity"].isoformat(), page[-1]["id"]]
         cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
     return 200, {"items": items, "next_cursor": cursor}
 
@@ -241,18 +254,17 @@ async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tu
         raise HTTPError(422, "body: 1 to 4000 characters, and no client_id in the bench")
     async with pool.acquire() as con, con.transaction():
         user = await current_user(con, claims)
-        thread = await member_thread(con, thread_id, user["id"])
         now = datetime.now(UTC)
-        await con.execute(TOUCH_THREAD_SQL, now, now, thread["id"])
-        message_id = await con.fetchval(
-            INSERT_MESSAGE_SQL, now, now, False, thread["id"], user["id"], None, text, None
+        thread = await con.fetchrow(BUMP_SQL, now, now, thread_id, user["id"])
+        if thread is None:
+            raise HTTPError(404, "Thread not found")
+        row = await con.fetchrow(
+            INSERT_MESSAGE_SQL, now, False, thread_id, user["id"], text, None, thread["version"]
         )
-        await con.execute(READ_MARKER_SQL, now, message_id, thread["id"], user["id"], message_id)
-        out = message_out(
-            {"id": message_id, "created_at": now, "updated_at": now, "thread_id": thread["id"],
-             "author_id": user["id"], "edited_at": None, "body": text, "client_id": None}
-        )  # fmt: skip
-        event = {"type": "message.created", "thread_id": thread["id"], "data": out}
+        await con.execute(READ_MARKER_SQL, now, row["id"], thread_id, user["id"], row["id"])
+        out = message_out(row)
+        event = {"type": "message.created", "thread_id": thread_id, "data": out}
+        event["version"] = thread["version"]
         await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
     return 201, out
 

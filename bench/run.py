@@ -146,7 +146,7 @@ def password_hash(cwd: Path) -> str:
 def token_for(user_id: int) -> str:
     """An access token as the app mints it (same claims), made with the servers' key."""
     now = int(time.time())
-    claims = {"sub": str(user_id), "ver": 0, "type": "access", "scope": "regular",
+    claims = {"sub": str(user_id), "ver": 0, "sid": user_id, "type": "access", "scope": "regular",
               "iat": now, "exp": now + 7 * 24 * 3600}  # fmt: skip
     return str(jwt.encode(claims, SECRET, algorithm="HS256"))
 

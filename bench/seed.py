@@ -28,9 +28,11 @@ BIG_THREAD_MEMBERS = 50
 COLUMNS = {
     "user": "id created_at updated_at deleted email full_name hashed_password scopes "
     "is_active token_version",
-    "thread": "id created_at updated_at deleted title owner_id last_message_at",
+    "auth_session": "id created_at updated_at deleted user_id jti expires_at",
+    "thread": "id created_at updated_at deleted title owner_id last_message_at version",
     "membership": "id created_at updated_at deleted thread_id user_id last_read_message_id",
-    "message": "id created_at updated_at deleted thread_id author_id edited_at body client_id",
+    "message": "id created_at updated_at deleted thread_id author_id edited_at body client_id "
+    "version",
 }
 
 
@@ -55,6 +57,8 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
             (uid, created, created, False, f"user{uid}@example.com", f"User {uid}",
              hashed, scopes, True, 0)
         )  # fmt: skip
+        # One login per user (auth_session id = user id): the tokens the harness mints name it.
+        rows["auth_session"].append((uid, now, now, False, uid, "bench", now + timedelta(days=400)))
 
     members = {
         tid: rng.sample(
@@ -80,7 +84,8 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
             (mid, created, created, r < 0.01,  # 1% deleted
              tid, rng.choice(members[tid]),
              created + timedelta(minutes=3) if r > 0.98 else None,  # 2% edited
-             rng.choice(bodies), f"c{mid}" if r < 0.5 else None)  # half with a client_id
+             rng.choice(bodies), f"c{mid}" if r < 0.5 else None,  # half with a client_id
+             len(ids_of[tid]))  # versions 1..n in each thread, as the migration numbers them
         )  # fmt: skip
 
     at = {m[0]: m[1] for m in rows["message"]}
@@ -90,7 +95,9 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
         created = first - timedelta(minutes=rng.randint(1, 600))
         last = at[ids[-1]] if ids else None
         title = None if rng.random() < 0.3 else f"Thread {tid}: {rng.choice(bodies)[:60]}"
-        rows["thread"].append((tid, created, last or created, False, title, uids[0], last))
+        rows["thread"].append(
+            (tid, created, last or created, False, title, uids[0], last, len(ids))
+        )
         for uid in uids:
             # Most members are caught up; some are a few messages behind, a few far behind.
             r = rng.random()
