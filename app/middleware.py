@@ -1,6 +1,7 @@
 """What wraps every request: the request log and security headers, the body limit, the
 error handlers that turn exceptions into FastAPI's error shape, and log redaction."""
 
+import asyncio
 import json
 import logging
 import re
@@ -104,8 +105,35 @@ def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5)
     )
 
 
+class Capacity:
+    """At most MAX_CONCURRENT_REQUESTS API requests at work, about the pool's size; the rest
+    wait their turn in order, and beyond REQUEST_QUEUE_SIZE waiting, 503 at once. Without it,
+    a burst piles every request onto the pool's queue, where some wait for many seconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.slots = asyncio.Semaphore(settings.max_concurrent_requests)
+        self.waiting = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API + "/"):
+            return await self.app(scope, receive, send)
+        if self.waiting >= settings.request_queue_size:
+            return await unavailable("Server busy; try again in a moment", 1)(scope, receive, send)
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
+
+
 def install(app: FastAPI) -> None:
     """The middleware and error handlers of the app."""
+    app.add_middleware(Capacity)
     app.add_middleware(RequestLog)
 
     @app.exception_handler(DomainError)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 20
     db_max_overflow: int = 0
     db_pool_timeout: float = 10
+    # API requests at work at once (about the pool's size) and how many may wait for a turn.
+    max_concurrent_requests: int = 24
+    request_queue_size: int = 1000
     cors_origins: list[str] = []
 
     ws_max_per_user: int = 10
