@@ -75,3 +75,19 @@ async def test_two_workers_share_events_and_login_limits(tmp_path: Path) -> None
 
             codes = [await guess() for _ in range(settings.login_failures_per_email + 1)]
             assert codes[-1] == 429 and codes.count(401) == settings.login_failures_per_email
+
+
+async def test_a_full_request_queue_answers_503(tmp_path: Path) -> None:
+    env = {"MAX_CONCURRENT_REQUESTS": "1", "REQUEST_QUEUE_SIZE": "2"}
+    with serve(tmp_path, **env) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            body = {"email": "q@example.com", "password": PASSWORD, "full_name": "Q"}
+            assert (await http.post("/api/auth/signup", json=body)).status_code == 201
+            form = {"username": "q@example.com", "password": PASSWORD}
+            # Logins take tens of milliseconds each: twelve at once overflow one slot + two.
+            answers = await asyncio.gather(
+                *(http.post("/api/auth/token", data=form) for _ in range(12))
+            )
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) == {200, 503} and codes.count(200) >= 3, codes
+    assert all(r.headers["retry-after"] for r in answers if r.status_code == 503)
