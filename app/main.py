@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import metrics, middleware
 from app.db import engine, migrate_to_head
+from app.mail import sender
 from app.realtime import hub
 from app.routers import auth, health, messages, threads, users, ws
 from app.security import ensure_first_superuser
@@ -25,7 +26,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate_to_head)
     await ensure_first_superuser()
     await hub.start()
+    await sender.start()
     yield
+    await sender.stop()
     await hub.stop()
     await engine.dispose()
 

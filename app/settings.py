@@ -52,6 +52,18 @@ class Settings(BaseSettings):
 
     ws_max_per_user: int = 10
     email_verification_required: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    mail_from: str = "no-reply@localhost"
+    frontend_url: str = "http://localhost:8080"
+    password_reset_expire_minutes: int = 60
+    email_verify_expire_minutes: int = 2880
+    # Retries of an undeliverable mail wait twice as long each time, up to this.
+    mail_retry_max_seconds: int = 300
+    mail_retention_days: int = 7
     metrics_enabled: bool = False
     sentry_dsn: str | None = None
 

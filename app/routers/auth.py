@@ -1,12 +1,13 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, status
+from fastapi import APIRouter, Form, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from app.db import begin, connect
-from app.deps import AnyScopeUser, ClientAddress, WriteDb, unauthorized
+from app.deps import AnyScopeUser, ClientAddress, CurrentUser, WriteDb, unauthorized
 from app.models.base import body_config
-from app.models.user import SCOPES, UserCreate, UserPrivate, UserRow
+from app.models.user import SCOPES, Email, Password, UserCreate, UserPrivate, UserRow
+from app.repositories.mail import Outbox, Tokens
 from app.repositories.users import Users
 from app.routers import errors
 from app.security import (
@@ -35,9 +36,11 @@ router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413, 503
 async def signup(body: UserCreate) -> UserRow:
     hashed = await hash_password(body.password)  # before the transaction: no connection held
     async with begin() as db:
-        return await Users(db).create(
+        user = await Users(db).create(
             email=body.email, full_name=body.full_name, hashed_password=hashed
         )
+        await Tokens(db).mail("verify", user.id, user.email)
+        return user
 
 
 class LoginForm(BaseModel):
@@ -121,3 +124,85 @@ async def refresh(body: RefreshRequest) -> TokenPair:
 )
 async def logout(user: AnyScopeUser, db: WriteDb) -> None:
     await Users(db).revoke(user.id)
+
+
+class ResetRequest(BaseModel):
+    model_config = body_config({"email": "ada@example.com"})
+
+    email: Email
+
+
+class ResetConfirm(BaseModel):
+    model_config = body_config({"token": "token from the mail", "password": "a new passphrase"})
+
+    token: str
+    password: Password
+
+
+class VerifyRequest(BaseModel):
+    model_config = body_config({"token": "token from the mail"})
+
+    token: str
+
+
+BAD_TOKEN = "Invalid or expired token"
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Mail a password reset token",
+    description="The same answer whether or not the email is registered; an active user "
+    "with it gets a mail. Counted per email and client address: past the limits, 429.",
+    responses=errors(429),
+)
+async def request_reset(body: ResetRequest, address: ClientAddress) -> dict[str, str]:
+    await limited(f"reset:{body.email}", address)
+    async with begin() as db:  # the same row for every email: the user is looked up later
+        await Outbox(db).queue("reset-request", body.email)
+    return {"detail": "If the email is registered, a reset mail is on its way"}
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Set a new password with a reset token",
+    description="Revokes every earlier token of the user. A token works once, only the "
+    "newest one requested, until PASSWORD_RESET_EXPIRE_MINUTES.",
+)
+async def confirm_reset(body: ResetConfirm) -> None:
+    hashed = await hash_password(body.password)
+    async with begin() as db:
+        token = await Tokens(db).redeem("reset", body.token)
+        user = None if token is None else await Users(db).get(token.user_id)
+        if user is None or not user.is_active:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, BAD_TOKEN)
+        await Users(db).change(user, hashed_password=hashed, revoke=True)
+
+
+@router.post(
+    "/verify-email",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Confirm an email address with the mailed token",
+)
+async def verify_email(body: VerifyRequest) -> None:
+    async with begin() as db:
+        token = await Tokens(db).redeem("verify", body.token)
+        user = None if token is None else await Users(db).get(token.user_id)
+        if token is None or user is None or user.email != token.email:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, BAD_TOKEN)
+        await Users(db).change(user, email_verified=True)
+
+
+@router.post(
+    "/verify-email/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Mail a new verification token",
+    description="204 and no mail when the email is verified already.",
+    responses={204: {"description": "Already verified"}, **errors(401, 403)},
+)
+async def resend_verification(user: CurrentUser, db: WriteDb) -> Response:
+    if user.email_verified:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    await Tokens(db).mail("verify", user.id, user.email)
+    return Response(status_code=status.HTTP_202_ACCEPTED)

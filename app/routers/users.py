@@ -18,6 +18,7 @@ from app.deps import (
 from app.models.base import Id, Page
 from app.models.user import Email, UserPrivate, UserPublic, UserRow, UserUpdate, UserUpdateMe
 from app.realtime import publish
+from app.repositories.mail import Tokens
 from app.repositories.threads import Threads
 from app.repositories.users import Users
 from app.routers import errors, invalid
@@ -56,7 +57,10 @@ async def update_me(user: HashingUser, address: ClientAddress, body: UserUpdateM
     async with begin() as db:
         if body.password is not None:
             await succeeded(Users(db), user.email, address)
-        return await Users(db).change(user, **changes)
+        changed = await Users(db).change(user, **changes)
+        if changes.get("email_verified") is False:
+            await Tokens(db).mail("verify", changed.id, changed.email)
+        return changed
 
 
 async def delete_account(db: AsyncConnection, user: UserRow) -> None:
