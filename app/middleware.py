@@ -195,7 +195,13 @@ class RedactQueries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "?" in message or "token" in unquote(message).lower():
-            record.msg, record.args = QUERY.sub("?[redacted]", message), ()
+            # The arguments keep their shape: uvicorn's access formatter unpacks them.
+            if isinstance(record.args, tuple):
+                record.args = tuple(
+                    QUERY.sub("?[redacted]", a) if isinstance(a, str) else a for a in record.args
+                )
+            if isinstance(record.msg, str) and "?" in record.msg:
+                record.msg, record.args = QUERY.sub("?[redacted]", record.getMessage()), ()
         return True
 
 
