@@ -156,7 +156,7 @@ class Sender:
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
                 finally:
                     await conn.close(timeout=1)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # whatever broke it, listen again
                 log.warning("mail listener lost its connection: %s", type(exc).__name__)
             await asyncio.sleep(1)
 

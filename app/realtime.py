@@ -229,8 +229,8 @@ class Hub:
                         await asyncio.wait_for(lost.wait(), 5)
                     except TimeoutError:
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("event listener lost its connection: %s", exc)
+            except Exception as exc:  # whatever broke it, listen again: events depend on it
+                log.warning("event listener lost its connection: %r", exc)
             # Events may have been missed: tell every socket to reconnect and catch up.
             for conns in list(self.users.values()):
                 for c in list(conns):

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +174,14 @@ def ws_url(server: str, token: str) -> str:
     return f"ws://{server}/api/ws?token={token}"
 
 
+async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
+    """A socket of `user`, once subscribed."""
+    ws = await connect(ws_url(server, user["token"]["access_token"]), **kwargs)
+    # Subscribed: everything committed from here on will arrive.
+    assert await next_event(ws) == READY
+    return ws
+
+
 async def next_event(ws: ClientConnection, timeout: float = 5) -> Any:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
@@ -213,3 +221,22 @@ async def fetch(sql: str, **params: Any) -> list[Any]:
 
     async with engine.connect() as conn:
         return list((await conn.execute(text(sql), params)).all())
+
+
+@contextmanager
+def count_statements() -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs (this process's engine)."""
+    from sqlalchemy import event
+
+    from app.db import engine
+
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

@@ -1,16 +1,12 @@
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import httpx
 from httpx import AsyncClient
-from sqlalchemy import event
 
-from app.db import engine
 from app.main import app
-from tests.helpers import MakeUser, User, fetch, new_thread, send
+from tests.helpers import MakeUser, User, count_statements, fetch, new_thread, send
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
@@ -183,20 +179,6 @@ async def test_delete_rules(client: AsyncClient, make_user: MakeUser) -> None:
     assert (await page(client, owner, thread))["items"] == []
     rows = await fetch("SELECT deleted FROM message WHERE thread_id = :t", t=tid)
     assert [d for (d,) in rows] == [True, True, True]
-
-
-@contextmanager
-def count_statements() -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_statement_counts_do_not_grow_with_page_size(

@@ -3,31 +3,23 @@
 import asyncio
 import random
 import socket
-from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from app import realtime
 from tests.helpers import (
     READY,
     MakeUser,
-    User,
     assert_silent,
     close_code,
+    listen,
     new_thread,
     next_event,
     send,
     ws_url,
 )
-
-
-async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
-    ws = await connect(ws_url(server, user["token"]["access_token"]), **kwargs)
-    # Subscribed: everything committed from here on will arrive.
-    assert await next_event(ws) == READY
-    return ws
 
 
 async def test_bad_tokens_are_closed_with_4401(live_server: str, make_user: MakeUser) -> None:

@@ -24,10 +24,22 @@ from websockets.sync.client import connect as sync_connect
 
 from app.db import engine
 from app.settings import settings
-from tests.conftest import PASSWORD, MakeUser, fetch, login
-from tests.test_realtime import READY, assert_silent, close_code, listen, next_event
-from tests.test_service import ROOT, clean_env, free_port, serve
-from tests.test_threads import new_thread
+from tests.helpers import (
+    PASSWORD,
+    READY,
+    ROOT,
+    MakeUser,
+    assert_silent,
+    clean_env,
+    close_code,
+    fetch,
+    free_port,
+    listen,
+    login,
+    new_thread,
+    next_event,
+    serve,
+)
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
 sqlite_only = pytest.mark.skipif(not settings.is_sqlite, reason="SQLite's locking")

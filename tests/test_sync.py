@@ -9,11 +9,18 @@ import pytest
 from httpx import AsyncClient
 
 from app.settings import settings
-from tests.conftest import MakeUser, User, fetch
-from tests.test_messages import count_statements
-from tests.test_realtime import assert_silent, listen, next_event
-from tests.test_service import serve
-from tests.test_threads import new_thread, send
+from tests.helpers import (
+    MakeUser,
+    User,
+    assert_silent,
+    count_statements,
+    fetch,
+    listen,
+    new_thread,
+    next_event,
+    send,
+    serve,
+)
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
 
