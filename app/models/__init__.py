@@ -1,7 +1,7 @@
 """Every table, imported here so that SQLModel.metadata (and Alembic) sees them all."""
 
-from app.models.message import Message
+from app.models.message import Message, Reaction
 from app.models.thread import Membership, Thread
 from app.models.user import AuthSession, LoginCounter, User
 
-__all__ = ["AuthSession", "LoginCounter", "Membership", "Message", "Thread", "User"]
+__all__ = ["AuthSession", "LoginCounter", "Membership", "Message", "Reaction", "Thread", "User"]
