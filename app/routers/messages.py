@@ -79,7 +79,7 @@ async def delete_message(user: CurrentUser, db: WriteDb, thread_id: Id, message_
     publish(db, "message.deleted", thread_id, gone, gone.version)
 
 
-REACTION = "/messages/{message_id}/reactions/{emoji}"
+REACTION = "/messages/{message_id}/reactions/{emoji:text}"
 EVENTS_SAY_NO_ME = (
     " The `reaction.added` / `reaction.removed` event carries the Message too, with every "
     "`me` false: events go to every member alike; each reads its own `me` from REST."
