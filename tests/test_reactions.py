@@ -72,9 +72,7 @@ async def test_put_and_delete_statuses(client: AsyncClient, make_user: MakeUser)
     ):
         assert (await react(client, who, target, "👍")).status_code == 404
         assert (await unreact(client, who, target, "👍")).status_code == 404
-    await client.delete(
-        f"/api/threads/{thread['id']}/messages/{message['id']}", headers=me.headers
-    )
+    await client.delete(f"/api/threads/{thread['id']}/messages/{message['id']}", headers=me.headers)
     assert (await react(client, me, message, "👍")).status_code == 404
     assert (await client.put(url(message, "👍"))).status_code == 401
 
