@@ -4,12 +4,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request, Security, status
+from fastapi import Depends, HTTPException, Path, Query, Request, Security, status
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
+from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import connect, transaction
 from app.models.base import Id
+from app.models.message import words
 from app.models.thread import ThreadRow
 from app.models.user import SCOPES, UserRow
 from app.repositories.base import decode_cursor
@@ -134,3 +136,27 @@ def _cursor(kinds: tuple[type, ...]) -> Any:
 IdCursor = Annotated[list[Any] | None, _cursor((int,))]
 ActivityCursor = Annotated[list[Any] | None, _cursor((datetime, int))]
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
+
+Emoji = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\s/\x00]+$",
+        description="An emoji, or a short name such as `thumbs_up`: no whitespace, no `/`",
+        examples=["👍"],
+    ),
+]
+
+
+def _has_words(q: str) -> str:
+    if not words(q):
+        raise ValueError("q needs at least one word (letters or digits)")
+    return q
+
+
+SearchText = Annotated[
+    str,
+    Query(min_length=1, max_length=200, description="Words that must all occur, in any case"),
+    AfterValidator(_has_words),
+]

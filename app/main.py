@@ -15,7 +15,7 @@ from app import metrics, middleware
 from app.db import engine, migrate_to_head
 from app.mail import sender
 from app.realtime import hub
-from app.routers import auth, health, messages, threads, users, ws
+from app.routers import auth, health, messages, search, threads, users, ws
 from app.security import ensure_first_superuser
 from app.settings import settings
 
@@ -44,7 +44,7 @@ TAGS = [
     {
         "name": "messages",
         "description": "A thread's messages: send (idempotent with "
-        "`client_id`), page, edit, delete.",
+        "`client_id`), page, edit, delete, react, search.",
     },
     {"name": "realtime", "description": "WebSocket events; see the description above."},
     {"name": "health", "description": "Liveness and readiness probes."},
@@ -79,7 +79,7 @@ middleware.install(app)
 middleware.redact_server_logs()
 
 api = APIRouter(prefix=middleware.API, max_body_size=middleware.MAX_BODY_SIZE)
-for module in (auth, users, threads, messages, ws, health):
+for module in (auth, users, threads, messages, search, ws, health):
     api.include_router(module.router)
 app.include_router(api)
 

@@ -21,6 +21,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import db, metrics
+from app.models.message import MessageOut
 from app.models.thread import ThreadOut
 from app.repositories.messages import Messages
 from app.repositories.threads import Threads
@@ -46,6 +47,9 @@ def publish(
     `version`: the thread's version after the change (every event that changes it)."""
     if isinstance(data, ThreadOut):  # counts differ per reader: they come from REST
         data = data.model_copy(update={"unread_count": 0})
+    elif isinstance(data, MessageOut):  # so does each reaction's `me`
+        reactions = [r.model_copy(update={"me": False}) for r in data.reactions]
+        data = data.model_copy(update={"reactions": reactions})
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     event = {"type": type, "thread_id": thread_id, "data": payload}
     if version is not None:

@@ -162,6 +162,15 @@ async def send(client: httpx.AsyncClient, user: User, thread_id: int, body: str 
     return r.json()
 
 
+async def page(client: httpx.AsyncClient, user: User, thread: Any, **params: Any) -> Any:
+    """A page of a thread's messages."""
+    url = f"/api/threads/{thread['id']}/messages"
+    r = await client.get(url, params=params, headers=user.headers)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"items", "has_more"}
+    return r.json()
+
+
 # --------------------------------------------------------------------------- WebSocket
 
 

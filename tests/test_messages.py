@@ -6,7 +6,7 @@ import httpx
 from httpx import AsyncClient
 
 from app.main import app
-from tests.helpers import MakeUser, User, count_statements, fetch, new_thread, send
+from tests.helpers import MakeUser, count_statements, fetch, new_thread, page, send
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
@@ -94,13 +94,6 @@ async def test_concurrent_repeats_make_one_row(client: AsyncClient, make_user: M
     assert len({r.json()["id"] for r in answers}) == 1
     rows = await fetch("SELECT id FROM message WHERE client_id = 'race'")
     assert len(rows) == 1
-
-
-async def page(client: AsyncClient, user: User, thread: Any, **params: Any) -> Any:
-    r = await client.get(messages_url(thread), params=params, headers=user.headers)
-    assert r.status_code == 200, r.text
-    assert set(r.json()) == {"items", "has_more"}
-    return r.json()
 
 
 async def test_history_pages(client: AsyncClient, make_user: MakeUser) -> None:

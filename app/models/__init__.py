@@ -1,7 +1,7 @@
 """Every table, imported here so that SQLModel.metadata (and Alembic) sees them all."""
 
 from app.models.mail import Mail, MailToken
-from app.models.message import Message
+from app.models.message import Message, Reaction
 from app.models.thread import Membership, Thread
 from app.models.user import AuthSession, LoginCounter, User
 
@@ -12,6 +12,7 @@ __all__ = [
     "MailToken",
     "Membership",
     "Message",
+    "Reaction",
     "Thread",
     "User",
 ]

@@ -1,11 +1,12 @@
+import re
 from datetime import datetime
 from typing import Annotated
 
 from pydantic import StringConstraints
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from app.models.base import Base, NoNul, RowOut, UTCDateTime, body_config
+from app.models.base import Base, NoNul, RowOut, UTCDateTime, body_config, utcnow
 
 Body = Annotated[
     str,
@@ -35,7 +36,33 @@ class Message(Base, table=True):
         Index("ix_message_thread_id_version", "thread_id", "version"),
         # Idempotent send: the database refuses a second row, even under a race.
         UniqueConstraint("thread_id", "author_id", "client_id"),
+        # Search (PostgreSQL; SQLite has the FTS5 table message_fts): declared so that
+        # Alembic compares it, built by the migration.
+        Index(
+            "ix_message_body_fts",
+            text("to_tsvector('simple'::regconfig, body)"),
+            postgresql_using="gin",
+            postgresql_where=text("NOT deleted"),
+        ).ddl_if(dialect="postgresql"),
     )
+
+
+class Reaction(SQLModel, table=True):
+    """One user's emoji on one message. Removing one really deletes the row."""
+
+    id: int = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    message_id: int = Field(foreign_key="message.id")
+    user_id: int = Field(foreign_key="user.id")
+    emoji: str = Field(max_length=32)
+
+    # Two identical PUTs racing make one row; it also serves every lookup by message.
+    __table_args__ = (UniqueConstraint("message_id", "user_id", "emoji"),)
+
+
+def words(q: str) -> list[str]:
+    """The words of a search: runs of letters and digits, as both full-text indexes see them."""
+    return re.findall(r"[^\W_]+", q)
 
 
 class MessageCreate(SQLModel):

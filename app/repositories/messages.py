@@ -1,18 +1,58 @@
-"""Messages: idempotent send, history pages, edits, deletion, the changes feed."""
+"""Messages: idempotent send, history pages, edits, deletion, reactions, the changes
+feed, search."""
 
 from typing import Any
 
-from sqlalchemy import Integer, String, bindparam, select, update
+import sqlalchemy as sa
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from app.errors import Conflict, Forbidden, NotFound
-from app.models.base import UTCDateTime, table, utcnow
-from app.models.message import ChangesPage, Message, MessageChange, MessageOut, MessagePage
-from app.repositories.base import Repository, live, upsert
+from app.models.base import Page, UTCDateTime, table, utcnow
+from app.models.message import (
+    ChangesPage,
+    Message,
+    MessageChange,
+    MessageOut,
+    MessagePage,
+    words,
+)
+from app.models.thread import Membership, Thread
+from app.repositories.base import Repository, encode_cursor, live, upsert
+from app.repositories.reactions import Reactions
 from app.repositories.threads import Threads
+from app.settings import settings
 
-messages = table(Message)
+messages, memberships, threads = table(Message), table(Membership), table(Thread)
 columns = [c for c in messages.c if c.name != "deleted"]
 in_thread = (messages.c.thread_id == bindparam("thread_id"), live(messages))
+# The full-text index of each database (see the reactions_and_search migration).
+matches: ColumnElement[bool]
+newest_first: ColumnElement[int] = messages.c.id
+if settings.is_sqlite:
+    fts = sa.table("message_fts", sa.column("rowid"))
+    matches = messages.c.id.in_(
+        select(fts.c.rowid).where(literal_column("message_fts").op("MATCH")(bindparam("q")))
+    )
+else:
+    simple: ColumnElement[Any] = literal_column(
+        "'simple'::regconfig"
+    )  # a literal: the index's very expression
+    matches = func.to_tsvector(simple, messages.c.body).op("@@")(
+        func.plainto_tsquery(simple, bindparam("q"))
+    )
+    # Not the primary key's order: else PostgreSQL may walk the whole table backwards,
+    # hoping to meet matches soon (a guess: prepared plans know no word), which for a rare
+    # word reads every row. This way the matches come from the index and are sorted.
+    newest_first = messages.c.id + literal_column("0")
 
 
 class Messages(Repository[MessageOut]):
@@ -54,6 +94,15 @@ class Messages(Repository[MessageOut]):
         .limit(bindparam("limit"))
     )
     _one = select(*columns).where(*in_thread, messages.c.id == bindparam("id"))
+    _search = select(*columns).where(
+        live(messages),
+        matches,
+        messages.c.thread_id.in_(
+            select(memberships.c.thread_id)
+            .join(threads, threads.c.id == memberships.c.thread_id)
+            .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
+        ),
+    )
     _changes = (
         select(*columns, messages.c.deleted)
         .where(
@@ -88,15 +137,21 @@ class Messages(Repository[MessageOut]):
         await Threads(self.conn).mark_read(thread_id, author_id, message.id)
         return message, True
 
+    async def get(self, id: int) -> MessageOut | None:
+        """A message as every reader sees it (no reaction is `me`): what events carry."""
+        message = await super().get(id)
+        return None if message is None else (await Reactions(self.conn).of([message], 0))[0]
+
     async def page(
-        self, thread_id: int, limit: int, before: int | None, after: int | None
+        self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
     ) -> MessagePage:
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
         params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = [self.load(r) for r in await self.conn.execute(stmt, params)]
         page = rows[:limit] if after is not None else rows[:limit][::-1]
-        return MessagePage(items=page, has_more=len(rows) > limit)
+        items = await Reactions(self.conn).of(page, user_id)
+        return MessagePage(items=items, has_more=len(rows) > limit)
 
     async def exists_in(self, thread_id: int, message_id: int) -> bool:
         return await self.first(self._one, thread_id=thread_id, id=message_id) is not None
@@ -108,7 +163,27 @@ class Messages(Repository[MessageOut]):
             raise NotFound("Message not found")
         if message.author_id != user_id:
             raise Forbidden("Only the author may edit a message")
-        return await self._change(message_id, body=body, edited_at=utcnow(), version=thread.version)
+        edited = await self._change(
+            message_id, body=body, edited_at=utcnow(), version=thread.version
+        )
+        return (await Reactions(self.conn).of([edited], user_id))[0]
+
+    async def react(
+        self, thread_id: int, message_id: int, user_id: int, emoji: str, add: bool
+    ) -> tuple[MessageOut, bool]:
+        """Add or take back the user's `emoji`: (the message, whether that changed anything).
+        Only a change counts as one; the thread's lock is taken first all the same, so the
+        cap on different emoji sees every concurrent reaction."""
+        await Threads(self.conn).bump(thread_id, user_id, step=0)
+        message = await self.first(self._one, thread_id=thread_id, id=message_id)
+        if message is None:
+            raise NotFound("Message not found")
+        rows = Reactions(self.conn)
+        changed = await (rows.add if add else rows.remove)(message_id, user_id, emoji)
+        if changed:
+            thread = await Threads(self.conn).bump(thread_id, user_id)
+            message = await self._change(message_id, version=thread.version)
+        return (await rows.of([message], user_id))[0], changed
 
     async def remove(
         self, thread_id: int, message_id: int, user_id: int, admin: bool
@@ -135,7 +210,9 @@ class Messages(Repository[MessageOut]):
             raise NotFound("Message not found")
         return self.load(row)
 
-    async def changes(self, thread_id: int, since: int, upto: int, limit: int) -> ChangesPage:
+    async def changes(
+        self, thread_id: int, user_id: int, since: int, upto: int, limit: int
+    ) -> ChangesPage:
         """Messages changed after version `since`, up to `upto` (the thread's version read
         before: a change committed meanwhile waits for the next call), oldest change first."""
         params = {"thread_id": thread_id, "since": since, "upto": upto, "limit": limit + 1}
@@ -144,5 +221,24 @@ class Messages(Repository[MessageOut]):
             MessageChange.model_construct(**{**r._mapping, "body": "" if r.deleted else r.body})
             for r in rows[:limit]
         ]
+        await Reactions(self.conn).of([i for i in items if not i.deleted], user_id)
         more = len(rows) > limit
         return ChangesPage(items=items, version=items[-1].version if more else upto, has_more=more)
+
+    async def search(
+        self, user_id: int, q: str, thread_id: int | None, limit: int, after: list[Any] | None
+    ) -> Page[MessageOut]:
+        """Messages of the user's live threads (or of one of them) holding every word of
+        `q`, newest first, found through the full-text index."""
+        if thread_id is not None and await Threads(self.conn).visible(thread_id, user_id) is None:
+            raise NotFound("Thread not found")
+        terms = words(q)  # quoted for FTS5: a word is never an operator there
+        query = " ".join(f'"{w}"' for w in terms) if settings.is_sqlite else " ".join(terms)
+        stmt = self._search.params(user_id=user_id, q=query)
+        if thread_id is not None:
+            stmt = stmt.where(messages.c.thread_id == thread_id)
+        rows, more = await self.keyset(
+            stmt, keys=[newest_first], limit=limit, after=after, descending=True
+        )
+        items = await Reactions(self.conn).of([self.load(r) for r in rows], user_id)
+        return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

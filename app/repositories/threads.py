@@ -71,13 +71,14 @@ class Threads(Repository[ThreadRow]):
     async def visible(self, thread_id: int, user_id: int) -> ThreadRow | None:
         return await self.first(self._visible, id=thread_id, user_id=user_id)
 
-    async def bump(self, thread_id: int, member_id: int, **values: Any) -> ThreadRow:
+    async def bump(self, thread_id: int, member_id: int, step: int = 1, **values: Any) -> ThreadRow:
         """Lock a live thread the caller is a member of and count a change: versions are
-        handed out in commit order. NotFound when it is gone (deleted a moment ago)."""
+        handed out in commit order. NotFound when it is gone (deleted a moment ago).
+        `step=0` only locks it, for a change that may turn out to be none."""
         stmt = (
             update(threads)
             .where(threads.c.id == thread_id, live(threads), is_member(thread_id, member_id))
-            .values(version=threads.c.version + 1, **values)
+            .values(version=threads.c.version + step, **values)
             .returning(*columns)
         )
         row = (await self.conn.execute(stmt)).first()

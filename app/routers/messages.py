@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.deps import CurrentUser, Limit, MemberThread, ReadDb, WriteDb
+from app.deps import CurrentUser, Emoji, Limit, MemberThread, ReadDb, WriteDb
 from app.models.base import MAX_ID, Id
 from app.models.message import ChangesPage, MessageCreate, MessageOut, MessagePage, MessageUpdate
 from app.realtime import publish
@@ -47,6 +47,7 @@ async def send_message(
 )
 async def list_messages(
     db: ReadDb,
+    user: CurrentUser,
     thread: MemberThread,
     limit: Limit = 50,
     before: Annotated[Id | None, Query()] = None,
@@ -54,7 +55,7 @@ async def list_messages(
 ) -> MessagePage:
     if before is not None and after is not None:
         raise invalid("before", "Give before or after, not both", where="query")
-    return await Messages(db).page(thread.id, limit, before, after)
+    return await Messages(db).page(thread.id, user.id, limit, before, after)
 
 
 @router.patch(
@@ -78,6 +79,48 @@ async def delete_message(user: CurrentUser, db: WriteDb, thread_id: Id, message_
     publish(db, "message.deleted", thread_id, gone, gone.version)
 
 
+REACTION = "/messages/{message_id}/reactions/{emoji:text}"
+EVENTS_SAY_NO_ME = (
+    " The `reaction.added` / `reaction.removed` event carries the Message too, with every "
+    "`me` false: events go to every member alike; each reads its own `me` from REST."
+)
+
+
+@router.put(
+    REACTION,
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessageOut,
+    summary="React to a message",
+    description="201 when added, 200 when the caller had reacted so already; the Message in "
+    "both. A message carries at most 20 different emoji (409 for one more)." + EVENTS_SAY_NO_ME,
+    responses={200: {"description": "Already so", "model": MessageOut}, **errors(409)},
+)
+async def add_reaction(
+    user: CurrentUser, db: WriteDb, thread_id: Id, message_id: Id, emoji: Emoji, response: Response
+) -> MessageOut:
+    message, added = await Messages(db).react(thread_id, message_id, user.id, emoji, add=True)
+    if added:
+        publish(db, "reaction.added", thread_id, message, message.version)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return message
+
+
+@router.delete(
+    REACTION,
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Take back a reaction",
+    description="204 whether or not the caller had reacted so; only a change counts as one "
+    "(a new version, an event)." + EVENTS_SAY_NO_ME,
+)
+async def remove_reaction(
+    user: CurrentUser, db: WriteDb, thread_id: Id, message_id: Id, emoji: Emoji
+) -> None:
+    message, removed = await Messages(db).react(thread_id, message_id, user.id, emoji, add=False)
+    if removed:
+        publish(db, "reaction.removed", thread_id, message, message.version)
+
+
 @router.get(
     "/changes",
     response_model=ChangesPage,
@@ -90,8 +133,9 @@ async def delete_message(user: CurrentUser, db: WriteDb, thread_id: Id, message_
 )
 async def list_changes(
     db: ReadDb,
+    user: CurrentUser,
     thread: MemberThread,
     since: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Limit = 50,
 ) -> ChangesPage:
-    return await Messages(db).changes(thread.id, since, thread.version, limit)
+    return await Messages(db).changes(thread.id, user.id, since, thread.version, limit)

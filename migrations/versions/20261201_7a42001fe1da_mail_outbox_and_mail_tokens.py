@@ -1,7 +1,7 @@
 """mail outbox and mail tokens
 
 Revision ID: 7a42001fe1da
-Revises: ca02d0162d4e
+Revises: 5b7e1d9c3a40
 Create Date: 2026-12-01 07:06:02.295764
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "7a42001fe1da"
-down_revision: str | None = "ca02d0162d4e"
+down_revision: str | None = "5b7e1d9c3a40"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
