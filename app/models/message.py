@@ -42,6 +42,7 @@ class Message(Base, table=True):
             "ix_message_body_fts",
             text("to_tsvector('simple'::regconfig, body)"),
             postgresql_using="gin",
+            postgresql_with={"fastupdate": "off"},
             postgresql_where=text("NOT deleted"),
         ).ddl_if(dialect="postgresql"),
     )
