@@ -12,11 +12,12 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    tuple_,
     update,
 )
 
 from app.errors import Conflict, Forbidden, NotFound
-from app.models.base import Page, UTCDateTime, table, utcnow
+from app.models.base import MAX_ID, Page, UTCDateTime, table, utcnow
 from app.models.message import (
     ChangesPage,
     Message,
@@ -34,6 +35,7 @@ from app.settings import settings
 messages, memberships, threads = table(Message), table(Membership), table(Thread)
 columns = [c for c in messages.c if c.name != "deleted"]
 in_thread = (messages.c.thread_id == bindparam("thread_id"), live(messages))
+position = tuple_(messages.c.thread_id, messages.c.id)
 # The full-text index of each database (see the reactions_and_search migration).
 matches: ColumnElement[bool]
 newest_first: ColumnElement[int] = messages.c.id
@@ -78,18 +80,24 @@ class Messages(Repository[MessageOut]):
         messages.c.author_id == bindparam("author_id"),
         messages.c.client_id == bindparam("client_id"),
     )
-    # Ordered by (thread_id, id) together, so every page shape walks the one index on
-    # both columns, however the thread's messages lie among others'.
+    # Positions in (thread_id, id) order, compared as pairs: every page shape then walks
+    # the one index on both columns, however the thread's messages lie among others' (on
+    # `thread_id = ? AND id < ?` PostgreSQL may walk the primary key instead, and filter).
     _newest = (
         select(*columns)
-        .where(*in_thread)
+        .where(*in_thread, position <= tuple_(bindparam("thread_id"), bindparam("id")))
         .order_by(messages.c.thread_id.desc(), messages.c.id.desc())
         .limit(bindparam("limit"))
     )
-    _before = _newest.where(messages.c.id < bindparam("id"))
+    _before = (
+        select(*columns)
+        .where(*in_thread, position < tuple_(bindparam("thread_id"), bindparam("id")))
+        .order_by(messages.c.thread_id.desc(), messages.c.id.desc())
+        .limit(bindparam("limit"))
+    )
     _after = (
         select(*columns)
-        .where(*in_thread, messages.c.id > bindparam("id"))
+        .where(*in_thread, position > tuple_(bindparam("thread_id"), bindparam("id")))
         .order_by(messages.c.thread_id, messages.c.id)
         .limit(bindparam("limit"))
     )
@@ -146,7 +154,8 @@ class Messages(Repository[MessageOut]):
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
     ) -> MessagePage:
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
-        params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
+        start = after if after is not None else before or MAX_ID
+        params = {"thread_id": thread_id, "limit": limit + 1, "id": start}
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = [self.load(r) for r in await self.conn.execute(stmt, params)]
         page = rows[:limit] if after is not None else rows[:limit][::-1]
