@@ -77,13 +77,12 @@ MESSAGE_COLUMNS = (
     "message.author_id, message.body, message.client_id, message.edited_at, message.version"
 )
 NEWEST_SQL = (  # GET .../messages: the newest page, on the (thread_id, id) index
-    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = $1 AND "
-    "message.deleted = false AND (message.thread_id, message.id) <= ($1, 2147483647) "
-    "ORDER BY message.thread_id DESC, message.id DESC LIMIT $2"
+    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
+    "AND message.deleted = false ORDER BY message.thread_id DESC, message.id DESC LIMIT $2"
 )
 BEFORE_SQL = (  # GET .../messages?before=: an older page
-    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = $1 AND "
-    "message.deleted = false AND (message.thread_id, message.id) < ($1, $2) "
+    f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
+    "AND message.deleted = false AND message.id < $2 "
     "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
 )
 # POST .../messages, in one transaction: the thread row first (lock, membership check and

@@ -8,16 +8,17 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     String,
+    any_,
     bindparam,
     func,
     literal_column,
     select,
-    tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql
 
 from app.errors import Conflict, Forbidden, NotFound
-from app.models.base import MAX_ID, Page, UTCDateTime, table, utcnow
+from app.models.base import Page, UTCDateTime, table, utcnow
 from app.models.message import (
     ChangesPage,
     Message,
@@ -35,7 +36,16 @@ from app.settings import settings
 messages, memberships, threads = table(Message), table(Membership), table(Thread)
 columns = [c for c in messages.c if c.name != "deleted"]
 in_thread = (messages.c.thread_id == bindparam("thread_id"), live(messages))
-position = tuple_(messages.c.thread_id, messages.c.id)
+# History pages order by (thread_id, id), the one index that fits every page shape. On
+# PostgreSQL the thread is named as `= ANY(ARRAY[:id])`: with a plain `=` the planner drops
+# the known thread_id from the order and may walk the primary key backwards instead,
+# filtering out every newer message of other threads (10 ms for a quiet big thread).
+this_thread = (
+    messages.c.thread_id == bindparam("thread_id")
+    if settings.is_sqlite
+    else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
+)
+newest_first_in_thread = (messages.c.thread_id.desc(), messages.c.id.desc())
 # The full-text index of each database (see the reactions_and_search migration).
 matches: ColumnElement[bool]
 newest_first: ColumnElement[int] = messages.c.id
@@ -80,24 +90,16 @@ class Messages(Repository[MessageOut]):
         messages.c.author_id == bindparam("author_id"),
         messages.c.client_id == bindparam("client_id"),
     )
-    # Positions in (thread_id, id) order, compared as pairs: every page shape then walks
-    # the one index on both columns, however the thread's messages lie among others' (on
-    # `thread_id = ? AND id < ?` PostgreSQL may walk the primary key instead, and filter).
     _newest = (
         select(*columns)
-        .where(*in_thread, position <= tuple_(bindparam("thread_id"), bindparam("id")))
-        .order_by(messages.c.thread_id.desc(), messages.c.id.desc())
+        .where(this_thread, live(messages))
+        .order_by(*newest_first_in_thread)
         .limit(bindparam("limit"))
     )
-    _before = (
-        select(*columns)
-        .where(*in_thread, position < tuple_(bindparam("thread_id"), bindparam("id")))
-        .order_by(messages.c.thread_id.desc(), messages.c.id.desc())
-        .limit(bindparam("limit"))
-    )
+    _before = _newest.where(messages.c.id < bindparam("id"))
     _after = (
         select(*columns)
-        .where(*in_thread, position > tuple_(bindparam("thread_id"), bindparam("id")))
+        .where(this_thread, live(messages), messages.c.id > bindparam("id"))
         .order_by(messages.c.thread_id, messages.c.id)
         .limit(bindparam("limit"))
     )
@@ -154,8 +156,7 @@ class Messages(Repository[MessageOut]):
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
     ) -> MessagePage:
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
-        start = after if after is not None else before or MAX_ID
-        params = {"thread_id": thread_id, "limit": limit + 1, "id": start}
+        params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = [self.load(r) for r in await self.conn.execute(stmt, params)]
         page = rows[:limit] if after is not None else rows[:limit][::-1]
