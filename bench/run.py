@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import asyncpg  # noqa: E402
 from jose import jwt  # noqa: E402
-from seed import BIG_THREAD_ID, seed  # noqa: E402
+from seed import BIG_THREAD_ID, RARE_WORD, seed  # noqa: E402
 
 from tests.helpers import PASSWORD, Server, start  # noqa: E402
 
@@ -58,6 +59,11 @@ SCENARIOS: dict[str, tuple[str, float | None]] = {
     "deep": ("GET /api/threads/{id}/messages?before= (deep)", 0.70),
     "post": ("POST /api/threads/{id}/messages", 0.60),
     "token": ("POST /api/auth/token (argon2)", None),
+    # Full-text search as a member of one thread, and of the most threads anyone is in.
+    "search_common_few": ("GET /api/messages/search?q=<common word>, 1 thread", None),
+    "search_common_many": ("GET /api/messages/search?q=<common word>, most threads", None),
+    "search_rare_few": ("GET /api/messages/search?q=<rare word>, 1 thread", None),
+    "search_rare_many": ("GET /api/messages/search?q=<rare word>, most threads", None),
 }
 CHECKS = ("c256", "scale", "login", "memory")
 # Data sets: (users, threads, messages) of the main one, messages of the scale check's small one.
@@ -177,6 +183,9 @@ async def request_files(db: str, workdir: Path) -> dict[str, Path]:
     page = f"/api/threads/{BIG_THREAD_ID}/messages"
     sample = rng.sample(users, min(1000, len(users)))
     with_threads = sorted({uid for _, uid in pairs})
+    threads_of = Counter(uid for _, uid in pairs)
+    few = [uid for uid, n in threads_of.items() if n == 1][:200]
+    many = [uid for uid, _ in threads_of.most_common(200)]
     lines = {
         "users_me": [("GET", "/api/users/me", uid, "", "") for uid in sample],
         "token": [
@@ -189,6 +198,13 @@ async def request_files(db: str, workdir: Path) -> dict[str, Path]:
         "newest": [("GET", page, uid, "", "") for uid in big],
         "deep": [("GET", f"{page}?before={r[0]}", big[i % len(big)], "", "")
                  for i, r in enumerate(rng.sample(deep, min(500, len(deep))))],
+        **{
+            f"search_{kind}_{who}": [
+                ("GET", f"/api/messages/search?q={word}", uid, "", "") for uid in users_
+            ]
+            for kind, word in (("common", "meeting"), ("rare", RARE_WORD))
+            for who, users_ in (("few", few), ("many", many))
+        },
         "post": [
             ("POST", f"/api/threads/{tid}/messages", uid, "application/json",
              json.dumps({"body": " ".join(rng.choices(words, k=rng.randint(2, 20)))}))

@@ -23,6 +23,7 @@ WORDS = (  # noqa: SIM905 (a list literal of 130 words would take 130 lines)
     "meeting tomorrow lunch deploy release review ticket bug fix ship thanks sounds good ok "
     "sure later today coffee call me back please check the logs"
 ).split()
+RARE_WORD = "xylophone"  # in one message of 50,000, for the search scenarios
 BIG_THREAD_ID = 1
 BIG_THREAD_MEMBERS = 50
 COLUMNS = {
@@ -84,7 +85,8 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
             (mid, created, created, r < 0.01,  # 1% deleted
              tid, rng.choice(members[tid]),
              created + timedelta(minutes=3) if r > 0.98 else None,  # 2% edited
-             rng.choice(bodies), f"c{mid}" if r < 0.5 else None,  # half with a client_id
+             rng.choice(bodies) + (f" {RARE_WORD}" if mid % 50_000 == 0 else ""),
+             f"c{mid}" if r < 0.5 else None,  # half with a client_id
              len(ids_of[tid]))  # versions 1..n in each thread, as the migration numbers them
         )  # fmt: skip
 
