@@ -52,7 +52,7 @@ async def test_swagger_ui_logs_in_and_tries_users_me(tmp_path: Path) -> None:
             await page.wait_for_selector("text=Logout")  # the dialog says it is authorized
             await page.click(".auth-btn-wrapper button.btn-done")
 
-            operation = page.locator("#operations-users-read_me_api_users_me_get")
+            operation = page.locator("#operations-users-users-read_me")  # {tag}-{operation id}
             await operation.locator(".opblock-summary").click()
             await operation.locator("button.try-out__btn").click()
             await operation.locator("button.execute").click()
