@@ -10,7 +10,7 @@ from uuid import uuid4
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -87,19 +87,6 @@ before_commit: list[Callable[[AsyncConnection, list[Event]], Awaitable[None]]] =
 after_commit: list[Callable[[list[Event]], None]] = []
 
 
-# In-process wake-ups by channel, run after a commit that signalled them (SQLite).
-waiters: dict[str, list[Callable[[], None]]] = {}
-
-
-async def signal(conn: AsyncConnection, channel: str) -> None:
-    """Wake whoever waits on `channel` once this transaction commits: NOTIFY reaches every
-    process on PostgreSQL; SQLite has one process, woken after the commit."""
-    if settings.is_sqlite:
-        conn.info["signals"].add(channel)
-    else:
-        await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
-
-
 def publish(conn: AsyncConnection, event: Event) -> None:
     """Queue an event on the connection's transaction; it goes out only if that commits."""
     conn.info["events"].append(event)
@@ -120,8 +107,7 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
         await conn.commit()
     await conn.execution_options(**WRITE_OPTIONS)
     events: list[Event] = []
-    signals: set[str] = set()
-    conn.info["events"], conn.info["signals"] = events, signals
+    conn.info["events"] = events
     try:
         async with conn.begin():
             yield conn
@@ -130,12 +116,8 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
                     await hook(conn, events)
     finally:
         conn.info.pop("events", None)
-        conn.info.pop("signals", None)
     for done in after_commit:
         done(events)
-    for channel in signals:
-        for wake in waiters.get(channel, ()):
-            wake()
 
 
 @asynccontextmanager

@@ -51,6 +51,7 @@ class Caller(UserRow):
 
     granted: frozenset[str]
     session_id: int
+    expires: int  # the token's exp
 
 
 async def caller_for(users: Users, token: str) -> Caller | None:
@@ -63,7 +64,9 @@ async def caller_for(users: Users, token: str) -> Caller | None:
     if user is None or user.token_version != claims.ver:
         return None
     granted = frozenset(claims.scopes) & frozenset(user.scopes)  # scopes taken since count
-    return Caller.model_construct(**user.__dict__, granted=granted, session_id=claims.sid)
+    return Caller.model_construct(
+        **user.__dict__, granted=granted, session_id=claims.sid, expires=claims.exp
+    )
 
 
 async def current_user(

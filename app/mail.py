@@ -1,6 +1,7 @@
 """The outbox's sender: a task in every server process that claims due rows, runs jobs
-and sends mail over SMTP, retrying with backoff. Woken by NOTIFY on PostgreSQL (or the
-commit, on SQLite), it polls every few seconds as well, for retries and missed wake-ups."""
+and sends mail over SMTP, retrying with backoff. Woken by the `mail.queued` event that a
+queued mail publishes (app.realtime's one listener per process hands it over), it polls
+every few seconds as well, for retries and missed wake-ups."""
 
 import asyncio
 import logging
@@ -10,13 +11,11 @@ from datetime import timedelta
 from email.message import EmailMessage
 
 import aiosmtplib
-import asyncpg
-from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import db, metrics
 from app.models.mail import MailRow
-from app.repositories.mail import CHANNEL, Outbox, Tokens
+from app.repositories.mail import Outbox, Tokens
 from app.repositories.users import Users
 from app.settings import settings
 
@@ -142,34 +141,12 @@ class Sender:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
 
-    async def listen(self) -> None:
-        """PostgreSQL: LISTEN on the mail channel, re-opened when the connection drops."""
-        url = make_url(settings.direct_database_url).set(drivername="postgresql")
-        while True:
-            try:
-                conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-                try:
-                    await conn.add_listener(CHANNEL, lambda *_: self.wake.set())
-                    self.wake.set()  # what was queued while we were not listening
-                    while not conn.is_closed():
-                        await asyncio.sleep(5)
-                        await asyncio.wait_for(conn.execute("SELECT 1"), 5)
-                finally:
-                    await conn.close(timeout=1)
-            except Exception as exc:  # whatever broke it, listen again
-                log.warning("mail listener lost its connection: %s", type(exc).__name__)
-            await asyncio.sleep(1)
-
     async def start(self) -> None:
         if not settings.smtp_host and settings.environment == "production":
             log.warning("SMTP_HOST is unset: no mail is sent (verification, password reset)")
-        db.waiters.setdefault(CHANNEL, []).append(self.wake.set)
         self.tasks.append(asyncio.create_task(self.run()))
-        if not settings.is_sqlite:
-            self.tasks.append(asyncio.create_task(self.listen()))
 
     async def stop(self) -> None:
-        db.waiters.get(CHANNEL, []).remove(self.wake.set)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -79,11 +79,11 @@ class RequestLog:
                 await self.app(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
-            # The template of the route that answered; API routes know it below the prefix.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
-                route = API + route
             if settings.metrics_enabled and scope["type"] == "http":
+                # The template of the route that answered; API routes know it below the prefix.
+                route = getattr(scope.get("route"), "path", "unmatched")
+                if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
+                    route = API + route
                 metrics.REQUESTS.labels(scope["method"], route, code or 500).inc()
                 metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
             fields = {

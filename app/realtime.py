@@ -1,10 +1,7 @@
 """Realtime events: routes publish them inside their transaction; each process has one
-hub that fans them out to its WebSockets after the commit.
-
-On PostgreSQL the events travel as NOTIFY, which is delivered only on commit and in commit
-order, to every process (each holds ONE listening connection). On SQLite, one process is
-all there is, so the hub gets them straight after the commit.
-"""
+hub that fans them out to its WebSockets after the commit. On PostgreSQL they travel as
+NOTIFY, delivered only on commit and in commit order to every process (each holds ONE
+listening connection); on SQLite, one process is all there is: the hub gets them after it."""
 
 import asyncio
 import json
@@ -21,6 +18,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import db, metrics
+from app.mail import sender
 from app.models.message import MessageOut
 from app.models.thread import ThreadOut
 from app.repositories.messages import Messages
@@ -36,12 +34,11 @@ CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 101
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 
 
+Data = BaseModel | dict[str, Any]
+
+
 def publish(
-    conn: AsyncConnection,
-    type: str,
-    thread_id: int,
-    data: BaseModel | dict[str, Any],
-    version: int | None = None,
+    conn: AsyncConnection, type: str, thread_id: int, data: Data, version: int | None = None
 ) -> None:
     """Queue an event on the request's transaction; it is sent only if that commits.
     `version`: the thread's version after the change (every event that changes it)."""
@@ -52,9 +49,7 @@ def publish(
         data = data.model_copy(update={"reactions": reactions})
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     event = {"type": type, "thread_id": thread_id, "data": payload}
-    if version is not None:
-        event["version"] = version
-    db.publish(conn, event)
+    db.publish(conn, event if version is None else {**event, "version": version})
 
 
 async def _notify(conn: AsyncConnection, events: list[db.Event]) -> None:
@@ -189,6 +184,8 @@ class Hub:
             self.leave(conn, thread_id)
 
     def dispatch(self, event: dict[str, Any]) -> None:
+        if event["type"] == "mail.queued":  # for this process's mail sender, not sockets
+            return sender.wake.set()
         if event["type"] == "user.revoked":
             message = ""
             targets = set(self.users.get(event["user_id"], ()))
@@ -235,7 +232,8 @@ class Hub:
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
             except Exception as exc:  # whatever broke it, listen again: events depend on it
                 log.warning("event listener lost its connection: %r", exc)
-            # Events may have been missed: tell every socket to reconnect and catch up.
+            # Events may have been missed: sockets reconnect and catch up, mail is looked at.
+            sender.wake.set()
             for conns in list(self.users.values()):
                 for c in list(conns):
                     c.close(CLOSE_RESTART)

@@ -8,14 +8,13 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from app.db import signal
+from app.db import publish
 from app.models.base import table, utcnow
 from app.models.mail import Mail, MailRow, MailToken, TokenRow
 from app.repositories.base import Repository, live
 from app.settings import settings
 
 mails, tokens = table(Mail), table(MailToken)
-CHANNEL = "mail"
 LIFETIMES = {
     "reset": lambda: timedelta(minutes=settings.password_reset_expire_minutes),
     "verify": lambda: timedelta(minutes=settings.email_verify_expire_minutes),
@@ -31,7 +30,8 @@ class Outbox(Repository[MailRow]):
 
     async def queue(self, kind: str, to: str, **data: Any) -> None:
         await self.create(kind=kind, to=to, data=data, next_attempt_at=utcnow())
-        await signal(self.conn, CHANNEL)
+        # Rides the transaction's events: realtime's one listener per process wakes senders.
+        publish(self.conn, {"type": "mail.queued"})
 
     async def claim(self, limit: int, lease: timedelta) -> list[MailRow]:
         """Due rows, leased to the caller: other processes skip them (SKIP LOCKED) and,

@@ -89,14 +89,6 @@ class Users(Repository[UserRow]):
             raise NotFound("User not found")
         return changed
 
-    async def revoke(self, user_id: int) -> None:
-        await self.conn.execute(
-            update(users)
-            .where(users.c.id == user_id)
-            .values(token_version=users.c.token_version + 1)
-        )
-        publish(self.conn, {"type": "user.revoked", "user_id": user_id})
-
     async def lock_superusers(self) -> list[int]:
         """The active superusers, locked, so two demotions cannot both leave the other."""
         stmt = (

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
-from app.db import begin, connect
+from app.db import begin
 from app.deps import AnyScopeUser, ClientAddress, CurrentUser, WriteDb, unauthorized
 from app.models.base import body_config
 from app.models.user import SCOPES, Email, Password, UserCreate, UserPrivate, UserRow
@@ -12,6 +12,7 @@ from app.repositories.users import Users
 from app.routers import errors
 from app.security import (
     TokenPair,
+    count_attempt,
     decode_token,
     hash_password,
     limited,
@@ -74,9 +75,9 @@ async def login(address: ClientAddress, form: Annotated[LoginForm, Form()]) -> T
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Unknown scope: {min(unknown)}")
     # What is no email is counted (and refused) under its own text, less what no row holds.
     email = normalise_email(form.username) or form.username.strip().lower().replace("\x00", "")
-    # No connection is held while the password waits for a core.
-    await limited(email, address)
-    async with connect() as db:
+    # Counted (and committed) before the check; no connection is held while it waits.
+    async with begin() as db:
+        await count_attempt(Users(db), email, address)
         user = await Users(db).by_email(email)
     ok, new_hash = await verify_password(form.password, user.hashed_password if user else None)
     if not ok or user is None or not user.is_active:
@@ -123,7 +124,7 @@ async def refresh(body: RefreshRequest) -> TokenPair:
     responses=errors(401, 403),
 )
 async def logout(user: AnyScopeUser, db: WriteDb) -> None:
-    await Users(db).revoke(user.id)
+    await Users(db).change(user, revoke=True)
 
 
 class ResetRequest(BaseModel):
