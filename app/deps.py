@@ -13,15 +13,15 @@ from app.db import connect, transaction
 from app.models.base import Id
 from app.models.message import words
 from app.models.thread import ThreadRow
-from app.models.user import SCOPES, UserRow
+from app.models.user import SCOPES
 from app.repositories.base import decode_cursor
 from app.repositories.threads import Threads
-from app.repositories.users import Users
-from app.security import decode_token
+from app.security import Caller, callers
 
 
-async def _connection() -> AsyncIterator[AsyncConnection]:
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
     async with connect() as conn:
+        request.state.db = conn  # the caller's check uses it too, if it needs one
         yield conn
 
 
@@ -37,8 +37,6 @@ async def _transaction(conn: ReadDb) -> AsyncIterator[AsyncConnection]:
 
 WriteDb = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", scopes=SCOPES)
-
 
 def unauthorized(detail: str = "Could not validate credentials") -> HTTPException:
     return HTTPException(
@@ -46,57 +44,29 @@ def unauthorized(detail: str = "Could not validate credentials") -> HTTPExceptio
     )
 
 
-class Caller(UserRow):
-    """The user a request speaks for, with the scopes its token grants."""
+class Bearer(OAuth2PasswordBearer):
+    """The caller, in one dependency: bearer header, verified claims, live user row, the
+    scopes the route needs. It holds no connection of its own after the check: a route
+    that waits for a password hash declares no database and holds none meanwhile."""
 
-    granted: frozenset[str]
-    session_id: int
-    expires: int  # the token's exp
-
-
-async def caller_for(users: Users, token: str) -> Caller | None:
-    """The live user an access token speaks for. Logout, password change and deactivation
-    bump `token_version`; a reused refresh token ends the login: both revoke the token."""
-    claims = decode_token(token, "access")
-    if claims is None:
-        return None
-    user = await users.for_token(claims.sub, claims.sid)
-    if user is None or user.token_version != claims.ver:
-        return None
-    granted = frozenset(claims.scopes) & frozenset(user.scopes)  # scopes taken since count
-    return Caller.model_construct(
-        **user.__dict__, granted=granted, session_id=claims.sid, expires=claims.exp
-    )
+    async def __call__(self, request: Request, required: SecurityScopes) -> Caller:  # type: ignore[override]
+        token = await super().__call__(request)
+        caller = await callers.get(token or "", getattr(request.state, "db", None))
+        if caller is None:
+            raise unauthorized()
+        if not caller.granted.issuperset(required.scopes):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "Not enough permissions",
+                headers={"WWW-Authenticate": f'Bearer scope="{required.scope_str}"'},
+            )
+        return caller
 
 
-async def current_user(
-    required: SecurityScopes, token: Annotated[str, Depends(oauth2_scheme)], db: ReadDb
-) -> Caller:
-    caller = await caller_for(Users(db), token)
-    if caller is None:
-        raise unauthorized()
-    if not caller.granted.issuperset(required.scopes):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            "Not enough permissions",
-            headers={"WWW-Authenticate": f'Bearer scope="{required.scope_str}"'},
-        )
-    return caller
-
-
-async def current_user_released(
-    required: SecurityScopes, token: Annotated[str, Depends(oauth2_scheme)]
-) -> Caller:
-    """current_user on a connection given back at once: for routes that then wait for a
-    password hash and must not hold one meanwhile."""
-    async with connect() as db:
-        return await current_user(required, token, db)
-
-
-AnyScopeUser = Annotated[Caller, Security(current_user)]
-CurrentUser = Annotated[Caller, Security(current_user, scopes=["regular"])]
-AdminUser = Annotated[Caller, Security(current_user, scopes=["admin"])]
-HashingUser = Annotated[Caller, Security(current_user_released, scopes=["regular"])]
+bearer = Bearer(tokenUrl="/api/auth/token", scopes=SCOPES)
+AnyScopeUser = Annotated[Caller, Security(bearer)]
+CurrentUser = Annotated[Caller, Security(bearer, scopes=["regular"])]
+AdminUser = Annotated[Caller, Security(bearer, scopes=["admin"])]
 
 
 async def member_thread(db: ReadDb, user: CurrentUser, thread_id: Id) -> ThreadRow:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
@@ -78,10 +78,9 @@ if settings.cors_origins:
 middleware.install(app)
 middleware.redact_server_logs()
 
-api = APIRouter(prefix=middleware.API, max_body_size=middleware.MAX_BODY_SIZE)
 for module in (auth, users, threads, messages, search, ws, health):
-    api.include_router(module.router)
-app.include_router(api)
+    # The limit also counts bodies sent without a Content-Length (RequestLog refuses the rest).
+    app.include_router(module.router, prefix=middleware.API, max_body_size=middleware.MAX_BODY_SIZE)
 
 if settings.metrics_enabled:
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)

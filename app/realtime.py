@@ -23,6 +23,7 @@ from app.models.message import MessageOut
 from app.models.thread import ThreadOut
 from app.repositories.messages import Messages
 from app.repositories.threads import Threads
+from app.security import USER_EVENTS, callers
 from app.settings import settings
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,8 @@ class Hub:
     def dispatch(self, event: dict[str, Any]) -> None:
         if event["type"] == "mail.queued":  # for this process's mail sender, not sockets
             return sender.wake.set()
+        if event["type"] == "user.changed":  # for the caller cache (see `listen`)
+            return
         if event["type"] == "user.revoked":
             message = ""
             targets = set(self.users.get(event["user_id"], ()))
@@ -211,6 +214,12 @@ class Hub:
             except Exception:  # one bad event must not stop the hub
                 log.exception("could not dispatch %s", event.get("type"))
 
+    def receive(self, payload: str) -> None:
+        event = json.loads(payload)
+        if event["type"] in USER_EVENTS:  # at once, not after the events queued before it
+            callers.forget(event["user_id"])
+        self.incoming.put_nowait(event)
+
     async def listen(self) -> None:
         """PostgreSQL: one LISTEN connection per process, re-opened when it drops."""
         url = make_url(settings.direct_database_url).set(drivername="postgresql")
@@ -222,9 +231,8 @@ class Hub:
                     dsn, server_settings={"application_name": "app-events"}
                 )
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
-                await conn.add_listener(
-                    CHANNEL, lambda *args: self.incoming.put_nowait(json.loads(args[3]))
-                )
+                await conn.add_listener(CHANNEL, lambda *args: self.receive(args[3]))
+                callers.switch(on=True)  # from here on, no change to a user goes unheard
                 while not lost.is_set() and not conn.is_closed():
                     try:  # a dead peer is not always reported: probe now and then
                         await asyncio.wait_for(lost.wait(), 5)
@@ -232,7 +240,9 @@ class Hub:
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
             except Exception as exc:  # whatever broke it, listen again: events depend on it
                 log.warning("event listener lost its connection: %r", exc)
-            # Events may have been missed: sockets reconnect and catch up, mail is looked at.
+            # Events may have been missed: sockets reconnect and catch up, mail is looked at,
+            # callers are looked up again.
+            callers.switch(on=False)
             sender.wake.set()
             for conns in list(self.users.values()):
                 for c in list(conns):

@@ -21,6 +21,7 @@ from sqlmodel import SQLModel  # noqa: E402
 
 from app.db import engine, migrate_to_head  # noqa: E402
 from app.main import app  # noqa: E402
+from app.security import callers  # noqa: E402
 from app.settings import settings  # noqa: E402
 from tests.helpers import PASSWORD, MakeUser, User, free_port, login, set_scopes  # noqa: E402
 
@@ -50,6 +51,7 @@ async def clean_tables() -> AsyncIterator[None]:
         else:
             names = ", ".join(f'"{n}"' for n in tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    callers.forget()  # the rows it remembers were removed behind its back
 
 
 @pytest.fixture

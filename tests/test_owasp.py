@@ -659,7 +659,7 @@ class TestAPI4UnrestrictedResourceConsumptionRevision2:
                     http.post("/api/threads", json={"member_ids": []}, headers=user.headers)
                 )
                 await asyncio.sleep(0.5)
-                r = await http.get("/api/users/me", headers=user.headers)
+                r = await http.get("/api/threads", headers=user.headers)
                 assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
                 await lock.rollback()
                 assert (await stuck).status_code == 201

@@ -158,7 +158,7 @@ class Messages(Repository[MessageOut]):
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
         params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
         stmt = self._after if after is not None else self._before if before else self._newest
-        rows = [self.load(r) for r in await self.conn.execute(stmt, params)]
+        rows = self.load_all(await self.conn.execute(stmt, params))
         page = rows[:limit] if after is not None else rows[:limit][::-1]
         items = await Reactions(self.conn).of(page, user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)

@@ -98,14 +98,17 @@ class Threads(Repository[ThreadRow]):
                 members[thread_id].append(
                     UserPublic.model_construct(id=user_id, full_name=full_name)
                 )
-        return [
-            ThreadOut.model_construct(
-                **{c.name: r._mapping[c.name] for c in columns},
-                members=members[r.id],
-                unread_count=r._mapping.get("unread_count", 0),
+        views = []
+        for row in rows:
+            values = row._mapping  # a new mapping object at each use: read it once
+            views.append(
+                ThreadOut.model_construct(
+                    **{c.name: values[c.name] for c in columns},
+                    members=members[row.id],
+                    unread_count=values.get("unread_count", 0),
+                )
             )
-            for r in rows
-        ]
+        return views
 
     async def view(self, thread_id: int, user_id: int) -> ThreadOut:
         rows = list(await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id}))

@@ -77,6 +77,11 @@ class Users(Repository[UserRow]):
         items = [self.load(r) for r in rows]
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
+    async def update(self, id: int, **values: Any) -> UserRow | None:
+        """Every change of a user says so: processes forget what they remember of it."""
+        publish(self.conn, {"type": "user.changed", "user_id": id})
+        return await super().update(id, **values)
+
     async def change(self, user: UserRow, **values: Any) -> UserRow:
         """Update a user; losing the right to log in (deactivation, deletion, a new
         password) revokes every token in SQL, and closes the user's sockets."""
@@ -132,9 +137,10 @@ class Users(Repository[UserRow]):
         return ends
 
     async def end_session(self, sid: int) -> None:
-        await self.conn.execute(
-            update(sessions).where(sessions.c.id == sid).values(deleted=True, updated_at=utcnow())
-        )
+        stmt = update(sessions).where(sessions.c.id == sid).returning(sessions.c.user_id)
+        ended = await self.conn.execute(stmt.values(deleted=True, updated_at=utcnow()))
+        for user_id in ended.scalars():
+            publish(self.conn, {"type": "user.changed", "user_id": user_id})
 
     async def count_attempt(self, key: str, window: timedelta) -> tuple[int, datetime]:
         """Count an attempt for `key` in one statement: (attempts in the window, its start)."""

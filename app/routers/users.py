@@ -6,10 +6,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import begin
 from app.deps import (
     AdminUser,
-    Caller,
     ClientAddress,
     CurrentUser,
-    HashingUser,
     IdCursor,
     Limit,
     ReadDb,
@@ -30,7 +28,7 @@ NOT_FOUND = "User not found"
 
 
 @router.get("/me", response_model=UserPrivate, summary="The caller's own profile")
-async def read_me(user: CurrentUser) -> Caller:
+async def read_me(user: CurrentUser) -> UserRow:
     return user
 
 
@@ -42,7 +40,7 @@ async def read_me(user: CurrentUser) -> Caller:
     "counted as a failed login) and revokes every token issued before, as logout does.",
     responses=errors(409, 429),
 )
-async def update_me(user: HashingUser, address: ClientAddress, body: UserUpdateMe) -> UserRow:
+async def update_me(user: CurrentUser, address: ClientAddress, body: UserUpdateMe) -> UserRow:
     changes = body.model_dump(exclude_unset=True, exclude={"password", "current_password"})
     if body.password is not None:
         if body.current_password is None:

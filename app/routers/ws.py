@@ -1,9 +1,7 @@
 from fastapi import APIRouter, WebSocket
 
-from app.db import connect
-from app.deps import caller_for
 from app.realtime import CLOSE_BAD_TOKEN, serve
-from app.repositories.users import Users
+from app.security import callers
 
 router = APIRouter(tags=["realtime"])
 
@@ -13,8 +11,7 @@ async def events(websocket: WebSocket, token: str = "") -> None:
     """Events of the caller's threads; see the API description for their shapes."""
     # Accept first: a close code can only travel on an accepted socket.
     await websocket.accept()
-    async with connect() as db:
-        caller = await caller_for(Users(db), token)
+    caller = await callers.get(token, None)
     if caller is None or "regular" not in caller.granted:
         await websocket.close(CLOSE_BAD_TOKEN)
         return

@@ -1,0 +1,126 @@
+"""The per-process caller cache (app.security.Callers) never outlives a change: whatever one
+process changes about a user, every process sees at once."""
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from httpx import AsyncClient
+
+from app.settings import settings
+from tests.helpers import PASSWORD, MakeUser, bearer, fetch, login, serve
+
+pg_only = pytest.mark.skipif(settings.is_sqlite, reason="processes share PostgreSQL only")
+
+
+@contextmanager
+def two_servers(tmp_path: Path) -> Iterator[tuple[AsyncClient, AsyncClient]]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    url = settings.database_url
+    with serve(tmp_path / "a", DATABASE_URL=url) as a, serve(tmp_path / "b", DATABASE_URL=url) as b:
+        yield AsyncClient(base_url=a), AsyncClient(base_url=b)
+
+
+async def me(client: AsyncClient, token: str) -> int:
+    return (await client.get("/api/users/me", headers=bearer(token))).status_code
+
+
+async def warm(token: str, *clients: AsyncClient) -> None:
+    """Both processes answer from their caches from now on."""
+    for client in clients:
+        for _ in range(3):
+            assert await me(client, token) == 200
+
+
+async def test_changes_are_seen_at_once_in_this_process(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    token = user["token"]["access_token"]
+    await warm(token, client)
+    r = await client.patch("/api/users/me", json={"full_name": "New"}, headers=bearer(token))
+    assert r.status_code == 200
+    assert (await client.get("/api/users/me", headers=bearer(token))).json()["full_name"] == "New"
+    assert (await client.post("/api/auth/logout", headers=bearer(token))).status_code == 204
+    assert await me(client, token) == 401
+
+
+@pg_only
+async def test_revocations_reach_the_other_process_at_once(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    """Each way of losing access, made in one process, is refused by the other on the very
+    next request, with no wait in between, many times over."""
+    admin = await make_user(scopes=["regular", "admin", "superuser"])
+    with two_servers(tmp_path) as (a, b):
+        async with a, b:
+            for round in range(12):
+                one, other = (a, b) if round % 2 else (b, a)
+                user = await make_user()
+                token = user["token"]["access_token"]
+                await warm(token, one, other)
+                way = round % 4
+                if way == 0:
+                    r = await one.post("/api/auth/logout", headers=bearer(token))
+                elif way == 1:
+                    change = {"password": "another password", "current_password": PASSWORD}
+                    r = await one.patch("/api/users/me", json=change, headers=bearer(token))
+                elif way == 2:
+                    r = await one.patch(
+                        f"/api/users/{user['id']}",
+                        json={"is_active": False},
+                        headers=bearer(admin["token"]["access_token"]),
+                    )
+                else:  # a refresh token presented twice ends its login
+                    refresh = {"refresh_token": user["token"]["refresh_token"]}
+                    assert (await one.post("/api/auth/refresh", json=refresh)).status_code == 200
+                    r = await one.post("/api/auth/refresh", json=refresh)
+                    assert r.status_code == 401
+                assert r.status_code in (200, 204, 401), r.text
+                assert await me(other, token) == 401, f"round {round}: revocation way {way}"
+                assert await me(one, token) == 401
+
+
+@pg_only
+async def test_profile_changes_reach_the_other_process_at_once(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    user = await make_user()
+    token = user["token"]["access_token"]
+    with two_servers(tmp_path) as (a, b):
+        async with a, b:
+            await warm(token, a, b)
+            for n in range(10):
+                one, other = (a, b) if n % 2 else (b, a)
+                r = await one.patch(
+                    "/api/users/me", json={"full_name": f"Name {n}"}, headers=bearer(token)
+                )
+                assert r.status_code == 200
+                seen = (await other.get("/api/users/me", headers=bearer(token))).json()
+                assert seen["full_name"] == f"Name {n}"
+
+
+@pg_only
+async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path: Path) -> None:
+    """A process that cannot hear changes (its LISTEN connection dropped) asks the database
+    each time until it hears again: a revocation made meanwhile elsewhere is not missed."""
+    user = await make_user()
+    token = user["token"]["access_token"]
+    with two_servers(tmp_path) as (a, b):
+        async with a, b:
+            await warm(token, a, b)
+            # Both processes lose their listeners; they reconnect after a second.
+            await fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'app-events'"
+            )
+            await asyncio.sleep(0.2)
+            assert (await b.post("/api/auth/logout", headers=bearer(token))).status_code == 204
+            assert await me(a, token) == 401  # before either listener is back
+            await asyncio.sleep(2)
+            assert await me(a, token) == 401
+            fresh = (await login(a, user["email"])).json()["access_token"]
+            await warm(fresh, a, b)
