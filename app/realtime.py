@@ -33,6 +33,7 @@ NOTIFY_LIMIT = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
 CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
+NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 
 
 Data = BaseModel | dict[str, Any]
@@ -62,10 +63,7 @@ async def _notify(conn: AsyncConnection, events: list[db.Event]) -> None:
             ref = {k: e[k] for k in ("type", "thread_id", "version") if k in e}
             payload = json.dumps({**ref, "id": e["data"]["id"], "ref": True})
         payloads.append(payload)
-    await conn.execute(
-        text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
-        {"channel": CHANNEL, "payloads": payloads},
-    )
+    await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
 
 
 def _deliver(events: list[db.Event]) -> None:

@@ -2,9 +2,10 @@
 
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, text, update
+from sqlalchemy import Update, bindparam, exists, func, select, text, update
 
 from app.errors import Forbidden, NotFound
 from app.models.base import Page, table, utcnow
@@ -71,17 +72,29 @@ class Threads(Repository[ThreadRow]):
     async def visible(self, thread_id: int, user_id: int) -> ThreadRow | None:
         return await self.first(self._visible, id=thread_id, user_id=user_id)
 
+    @staticmethod
+    @cache
+    def _bump(names: frozenset[str]) -> Update:
+        """The bump that also sets `names`: built once for each set of them."""
+        return (
+            update(threads)
+            .where(
+                threads.c.id == bindparam("thread_id"),
+                live(threads),
+                is_member(bindparam("thread_id"), bindparam("member_id")),
+            )
+            .values(version=threads.c.version + bindparam("step"))
+            .values({name: bindparam(f"new_{name}") for name in names})
+            .returning(*columns)
+        )
+
     async def bump(self, thread_id: int, member_id: int, step: int = 1, **values: Any) -> ThreadRow:
         """Lock a live thread the caller is a member of and count a change: versions are
         handed out in commit order. NotFound when it is gone (deleted a moment ago).
         `step=0` only locks it, for a change that may turn out to be none."""
-        stmt = (
-            update(threads)
-            .where(threads.c.id == thread_id, live(threads), is_member(thread_id, member_id))
-            .values(version=threads.c.version + step, **values)
-            .returning(*columns)
-        )
-        row = (await self.conn.execute(stmt)).first()
+        params = {f"new_{name}": value for name, value in values.items()}
+        params |= {"thread_id": thread_id, "member_id": member_id, "step": step}
+        row = (await self.conn.execute(self._bump(frozenset(values)), params)).first()
         if row is None:
             raise NotFound("Thread not found")
         return self.load(row)
@@ -192,19 +205,21 @@ class Threads(Repository[ThreadRow]):
             )
         return events
 
-    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> bool:
-        """Forward only, in one statement, so concurrent requests cannot move it back."""
-        stmt = (
-            update(memberships)
-            .where(
-                memberships.c.thread_id == thread_id,
-                memberships.c.user_id == user_id,
-                live(memberships),
-                memberships.c.last_read_message_id < message_id,
-            )
-            .values(last_read_message_id=message_id)
+    # Forward only, in one statement, so concurrent requests cannot move it back.
+    _mark_read = (
+        update(memberships)
+        .where(
+            memberships.c.thread_id == bindparam("thread"),
+            memberships.c.user_id == bindparam("user"),
+            live(memberships),
+            memberships.c.last_read_message_id < bindparam("message"),
         )
-        return (await self.conn.execute(stmt)).rowcount > 0
+        .values(last_read_message_id=bindparam("message"))
+    )
+
+    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> bool:
+        params = {"thread": thread_id, "user": user_id, "message": message_id}
+        return (await self.conn.execute(self._mark_read, params)).rowcount > 0
 
     async def ids_of(self, user_id: int) -> list[int]:
         """The live threads a user is a member of."""
