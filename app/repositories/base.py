@@ -10,9 +10,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Result,
     Select,
     Table,
+    any_,
     bindparam,
     false,
     insert,
@@ -143,21 +145,36 @@ class Repository(Generic[R]):
 
     conflict = "Conflicts with existing data"
 
-    async def keyset(
-        self,
-        stmt: Select[Any],
-        *,
-        keys: Sequence[ColumnElement[Any]],
-        limit: int,
-        after: Sequence[Any] | None,
-        descending: bool = False,
+
+class Keyset:
+    """A statement paged by `keys` (the last one unique), built once: the first page, and
+    the page after a position. `limit + 1` rows tell whether more follow: never OFFSET,
+    never COUNT."""
+
+    def __init__(
+        self, stmt: Select[Any], keys: Sequence[ColumnElement[Any]], descending: bool = False
+    ) -> None:
+        self.keys = [f"key{i}" for i in range(len(keys))]
+        position = tuple_(*keys)
+        bound = tuple_(*(bindparam(n, type_=k.type) for n, k in zip(self.keys, keys, strict=True)))
+        order = [k.desc() if descending else k.asc() for k in keys]
+        self.first = stmt.order_by(*order).limit(bindparam("limit"))
+        after = stmt.where(position < bound if descending else position > bound)
+        self.after = after.order_by(*order).limit(bindparam("limit"))
+
+    async def page(
+        self, conn: AsyncConnection, limit: int, after: Sequence[Any] | None, **params: Any
     ) -> tuple[list[Any], bool]:
-        """Rows of `stmt` ordered by `keys` (the last one unique) after the position `after`,
-        and whether more follow. `limit + 1` rows tell: never OFFSET, never COUNT."""
+        params["limit"] = limit + 1
         if after is not None:
-            position = tuple_(*keys)
-            bound = tuple_(*(literal(v, k.type) for k, v in zip(keys, after, strict=True)))
-            stmt = stmt.where(position < bound if descending else position > bound)
-        stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in keys))
-        rows = list(await self.conn.execute(stmt.limit(limit + 1)))
+            params |= dict(zip(self.keys, after, strict=True))
+        rows = list(await conn.execute(self.first if after is None else self.after, params))
         return rows[:limit], len(rows) > limit
+
+
+def in_ids(column: ColumnElement[int], name: str) -> ColumnElement[bool]:
+    """`column` is one of the ids given as `name`: on PostgreSQL one array parameter, so the
+    statement is the same (and prepared once) for any number of them."""
+    if settings.is_sqlite:
+        return column.in_(bindparam(name, expanding=True))
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(Integer())))

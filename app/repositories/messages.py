@@ -28,7 +28,7 @@ from app.models.message import (
     words,
 )
 from app.models.thread import Membership, Thread
-from app.repositories.base import Repository, encode_cursor, live, upsert
+from app.repositories.base import Keyset, Repository, encode_cursor, live, upsert
 from app.repositories.reactions import Reactions
 from app.repositories.threads import Threads
 from app.settings import settings
@@ -113,6 +113,8 @@ class Messages(Repository[MessageOut]):
             .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
         ),
     )
+    _found = Keyset(_search, [newest_first], descending=True)
+    _found_in = Keyset(_search.where(in_thread[0]), [newest_first], descending=True)
     _changes = (
         select(*columns, messages.c.deleted)
         .where(
@@ -244,11 +246,8 @@ class Messages(Repository[MessageOut]):
             raise NotFound("Thread not found")
         terms = words(q)  # quoted for FTS5: a word is never an operator there
         query = " ".join(f'"{w}"' for w in terms) if settings.is_sqlite else " ".join(terms)
-        stmt = self._search.params(user_id=user_id, q=query)
-        if thread_id is not None:
-            stmt = stmt.where(messages.c.thread_id == thread_id)
-        rows, more = await self.keyset(
-            stmt, keys=[newest_first], limit=limit, after=after, descending=True
-        )
+        params = {"user_id": user_id, "q": query, "thread_id": thread_id}
+        found = self._found if thread_id is None else self._found_in
+        rows, more = await found.page(self.conn, limit, after, **params)
         items = await Reactions(self.conn).of([self.load(r) for r in rows], user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

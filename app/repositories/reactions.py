@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.errors import Conflict
 from app.models.base import UTCDateTime, table, utcnow
 from app.models.message import MessageOut, Reaction, ReactionOut
-from app.repositories.base import upsert
+from app.repositories.base import in_ids, upsert
 
 M = TypeVar("M", bound=MessageOut)
 reactions = table(Reaction)
@@ -32,7 +32,7 @@ class Reactions:
             func.count().label("uses"),
             func.max(case((reactions.c.user_id == bindparam("user_id"), 1), else_=0)).label("me"),
         )
-        .where(reactions.c.message_id.in_(bindparam("ids", expanding=True)))
+        .where(in_ids(reactions.c.message_id, "ids"))
         .group_by(reactions.c.message_id, reactions.c.emoji)
         .order_by(reactions.c.message_id, func.min(reactions.c.id))
     )

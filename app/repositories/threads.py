@@ -12,7 +12,7 @@ from app.models.base import Page, table, utcnow
 from app.models.message import Message
 from app.models.thread import Member, Membership, Thread, ThreadOut, ThreadRow
 from app.models.user import User, UserPublic
-from app.repositories.base import Repository, encode_cursor, live, upsert
+from app.repositories.base import Keyset, Repository, encode_cursor, in_ids, live, upsert
 
 threads, memberships, messages, users = (
     table(Thread),
@@ -65,7 +65,7 @@ class Threads(Repository[ThreadRow]):
     _members = (
         select(memberships.c.thread_id, users.c.id, users.c.full_name)
         .join(users, users.c.id == memberships.c.user_id)
-        .where(memberships.c.thread_id.in_(bindparam("ids", expanding=True)), live(memberships))
+        .where(in_ids(memberships.c.thread_id, "ids"), live(memberships))
         .order_by(memberships.c.id)
     )
 
@@ -129,11 +129,10 @@ class Threads(Repository[ThreadRow]):
             rows = list(await self.conn.execute(select(*columns).where(threads.c.id == thread_id)))
         return (await self.views(rows))[0]
 
+    _pages = Keyset(_mine, [activity, threads.c.id], descending=True)
+
     async def page_for(self, user_id: int, limit: int, after: list[Any] | None) -> Page[ThreadOut]:
-        stmt = self._mine.params(user_id=user_id)
-        rows, more = await self.keyset(
-            stmt, keys=[activity, threads.c.id], limit=limit, after=after, descending=True
-        )
+        rows, more = await self._pages.page(self.conn, limit, after, user_id=user_id)
         cursor = encode_cursor([rows[-1].activity, rows[-1].id]) if more else None
         return Page(items=await self.views(rows), next_cursor=cursor)
 

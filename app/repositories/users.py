@@ -21,7 +21,7 @@ from app.db import publish
 from app.errors import NotFound
 from app.models.base import Page, UTCDateTime, table, utcnow
 from app.models.user import AuthSession, LoginCounter, User, UserRow
-from app.repositories.base import Repository, encode_cursor, live, upsert
+from app.repositories.base import Keyset, Repository, encode_cursor, live, upsert
 
 users, sessions, counters = table(User), table(AuthSession), table(LoginCounter)
 
@@ -73,7 +73,7 @@ class Users(Repository[UserRow]):
                     users.c.full_name.ilike(pattern, escape="\\"),
                 )
             )
-        rows, more = await self.keyset(stmt, keys=[users.c.id], limit=limit, after=after)
+        rows, more = await Keyset(stmt, [users.c.id]).page(self.conn, limit, after)
         items = [self.load(r) for r in rows]
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
