@@ -1,13 +1,10 @@
-"""The ceiling: the bench's scenarios in a plain ASGI app on raw asyncpg, with no framework,
-no ORM and no validation library, served by uvicorn as `python -m app` is.
+"""The ceiling: the bench's scenarios as a plain ASGI app on raw asyncpg (no framework, no ORM,
+no validation library), served by uvicorn as `python -m app` is.
 
 Per request it does what the app must do, and nothing more: verify the HS256 bearer token
 (signature, alg, exp, type; stdlib hmac instead of python-jose), load the user row and check
 is_active, token_version and the "regular" scope (app/security.py), run the app's own SQL
-(below) on prepared statements, and answer the same JSON. It leaves out what a hand-written
-raw-asyncpg app would: BEGIN/COMMIT around reads (each statement is its own snapshot under
-READ COMMITTED), the SAVEPOINT around the INSERT (the bench sends no client_id) and the
-pool's reset query.
+(below) on prepared statements, and answer the same JSON. What it leaves out: bench/README.md.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 .venv/bin/python bench/ceiling.py
 """
@@ -160,28 +157,12 @@ async def current_user(con: Any, claims: dict[str, Any]) -> Any:
     return user
 
 
-async def member_thread(con: Any, thread_id: int, user_id: int) -> Any:
-    thread = await con.fetchrow(MEMBER_THREAD_SQL, thread_id, user_id)
-    if thread is None:
-        raise HTTPError(404, "Thread not found")
-    return thread
-
-
 def message_out(m: Any) -> dict[str, Any]:
     return {
         "id": m["id"], "created_at": iso(m["created_at"]), "updated_at": iso(m["updated_at"]),
         "thread_id": m["thread_id"], "author_id": m["author_id"],
         "body": m["body"], "client_id": m["client_id"], "edited_at": iso(m["edited_at"]),
         "version": m["version"], "reactions": [],
-    }  # fmt: skip
-
-
-def thread_out(t: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": t["id"], "created_at": iso(t["created_at"]), "updated_at": iso(t["updated_at"]),
-        "title": t["title"], "owner_id": t["owner_id"], "members": members,
-        "last_message_at": iso(t["last_message_at"]), "version": t["version"],
-        "unread_count": t["unread_count"],
     }  # fmt: skip
 
 
@@ -220,7 +201,13 @@ async def list_threads(scope: dict[str, Any]) -> tuple[int, Any]:
         if page:
             for m in await con.fetch(MEMBERS_SQL, list(members)):
                 members[m["thread_id"]].append({"id": m["id"], "full_name": m["full_name"]})
-    items = [thread_out(t, members[t["id"]]) for t in page]
+    items = [
+        {"id": t["id"], "created_at": iso(t["created_at"]), "updated_at": iso(t["updated_at"]),
+         "title": t["title"], "owner_id": t["owner_id"], "members": members[t["id"]],
+         "last_message_at": iso(t["last_message_at"]), "version": t["version"],
+         "unread_count": t["unread_count"]}
+        for t in page
+    ]  # fmt: skip
     cursor = None
     if len(rows) > limit:  # the keyset cursor, encoded as app/repository.py does
         key = [page[-1]["activity"].isoformat(), page[-1]["id"]]
@@ -234,7 +221,9 @@ async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any
     before = query_int(scope, "before", None, 2**31 - 1)
     async with pool.acquire() as con:
         user = await current_user(con, claims)
-        thread = await member_thread(con, thread_id, user["id"])
+        thread = await con.fetchrow(MEMBER_THREAD_SQL, thread_id, user["id"])
+        if thread is None:
+            raise HTTPError(404, "Thread not found")
         if before is None:
             rows = await con.fetch(NEWEST_SQL, thread["id"], limit + 1)
         else:
@@ -288,29 +277,27 @@ async def route(method: str, path: str, scope: dict[str, Any], body: bytes) -> t
     raise HTTPError(404, "Not Found")
 
 
+async def no_reset(_: Any) -> None:
+    """On release: connections come back with nothing to undo, so no reset query."""
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     global pool
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # No reset query on release: connections come back with nothing to undo.
-                pool = await asyncpg.create_pool(
-                    DSN, min_size=min(10, POOL_SIZE), max_size=POOL_SIZE, reset=_no_reset
-                )
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await pool.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        while (await receive())["type"] == "lifespan.startup":
+            pool = await asyncpg.create_pool(
+                DSN, min_size=min(10, POOL_SIZE), max_size=POOL_SIZE, reset=no_reset
+            )
+            await send({"type": "lifespan.startup.complete"})
+        await pool.close()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+        return
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
+    body, more = b"", True
+    while more:
         message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+        body, more = body + message.get("body", b""), message.get("more_body", False)
     try:
         status, payload = await route(scope["method"], scope["path"], scope, body)
     except HTTPError as exc:
@@ -323,14 +310,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _no_reset(_: Any) -> None:
-    pass
-
-
 if __name__ == "__main__":
-    uvicorn.run(
-        app,
-        host=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8081")),
-        proxy_headers=True,
-    )
+    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8081"))
+    uvicorn.run(app, host=host, port=port, proxy_headers=True)

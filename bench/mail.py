@@ -1,6 +1,6 @@
 """Mail throughput and an SMTP outage: one `python -m app` process, a local aiosmtpd.
 
-    flock /tmp/bench.lock .venv/bin/python bench/mail.py              # PostgreSQL h_mail_bench
+    flock /tmp/bench.lock .venv/bin/python bench/mail.py              # on bench_mail_<pid>
     flock /tmp/bench.lock .venv/bin/python bench/mail.py --outage 60  # the full minute
 
 1. Throughput: N rows queued in the outbox in one transaction (and one NOTIFY); the time
@@ -12,7 +12,7 @@ Both count duplicates (a mail received twice).
 
 import argparse
 import asyncio
-import subprocess
+import os
 import sys
 import threading
 import time
@@ -20,15 +20,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiosmtpd.controller import Controller
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.helpers import free_port, serve  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import database
 
-PG = "postgresql://postgres@127.0.0.1:5432"
+from tests.helpers import free_port, serve
+
+QUEUE = (
+    'INSERT INTO mail (created_at, updated_at, kind, "to", data, attempts, next_attempt_at) '
+    "SELECT now(), now(), 'verify', $1::text || i || '@example.com', '{\"token\": \"bench\"}', "
+    "0, now() FROM generate_series(1, $2::integer) AS i"
+)
+PENDING = (
+    "SELECT count(*), max(attempts), extract(epoch FROM max(next_attempt_at) - now()) FROM mail "
+    "WHERE next_attempt_at IS NOT NULL"
+)
 
 
 class Counting:
@@ -42,19 +50,6 @@ class Counting:
         return "250 OK"
 
 
-async def queue(engine: Any, n: int, prefix: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                'INSERT INTO mail (created_at, updated_at, kind, "to", data, attempts, '
-                "next_attempt_at) SELECT now(), now(), 'verify', :p || i || '@example.com', "
-                '\'{"token": "bench"}\', 0, now() FROM generate_series(1, :n) AS i'
-            ),
-            {"p": prefix, "n": n},
-        )
-        await conn.execute(text("SELECT pg_notify('mail', '')"))
-
-
 async def wait_for(box: Counting, prefix: str, n: int) -> float:
     deadline = time.monotonic() + 300
     while sum(1 for _, r in box.received if r.startswith(prefix)) < n:
@@ -63,52 +58,25 @@ async def wait_for(box: Counting, prefix: str, n: int) -> float:
     return time.monotonic()
 
 
-def setup(db: str) -> None:
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-qc",
-            "DROP DATABASE IF EXISTS h_mail_bench",
-        ],
-        check=True,
-    )
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE h_mail_bench"],
-        check=True,
-    )
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        check=True,
-        env={"DATABASE_URL": db, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-    )
+async def main(args: argparse.Namespace, db: str) -> None:
+    conn = await asyncpg.connect(db)
 
+    async def queue(n: int, prefix: str) -> None:
+        async with conn.transaction():
+            await conn.execute(QUEUE, prefix, n)
+            await conn.execute("SELECT pg_notify('mail', '')")
 
-async def main(args: argparse.Namespace) -> None:
-    db = f"{PG}/h_mail_bench"
-    await asyncio.to_thread(setup, db)
-    engine = create_async_engine(db.replace("postgresql://", "postgresql+asyncpg://"))
     box, port = Counting(), free_port()
     smtp = Controller(box, hostname="127.0.0.1", port=port)
     smtp.start()
-    env = {
-        "DATABASE_URL": db,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(port),
-        "SMTP_SECURITY": "none",
-        "MAIL_RETRY_MAX_SECONDS": str(args.retry_max),
-    }
+    env = {"DATABASE_URL": db, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
+           "SMTP_SECURITY": "none", "MAIL_RETRY_MAX_SECONDS": str(args.retry_max)}  # fmt: skip
     cwd = Path("/tmp") / f"bench-mail-{port}"
     cwd.mkdir(exist_ok=True)
     try:
         with serve(cwd, **env):
             start = time.monotonic()
-            await queue(engine, args.n, "t")
+            await queue(args.n, "t")
             done = await wait_for(box, "t", args.n)
             times = sorted(t for t, r in box.received if r.startswith("t"))
             rate = (args.n - 1) / (times[-1] - times[0])
@@ -118,19 +86,10 @@ async def main(args: argparse.Namespace) -> None:
             )
 
             smtp.stop()
-            await queue(engine, 100, "o")
+            await queue(100, "o")
             for second in range(0, args.outage, 5):
                 await asyncio.sleep(5)
-                async with engine.connect() as conn:
-                    pending, attempts, wait = (
-                        await conn.execute(
-                            text(
-                                "SELECT count(*), max(attempts), "
-                                "extract(epoch FROM max(next_attempt_at) - now()) FROM mail "
-                                "WHERE next_attempt_at IS NOT NULL"
-                            )
-                        )
-                    ).one()
+                pending, attempts, wait = await conn.fetchrow(PENDING)
                 print(
                     f"  SMTP down {second + 5:>3} s: {pending} pending, attempts so far "
                     f"{attempts}, next try due in {float(wait):.1f} s"
@@ -145,7 +104,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"duplicates: {len(twice)}")
     finally:
         smtp.stop()
-        await engine.dispose()
+        await conn.close()
 
 
 if __name__ == "__main__":
@@ -153,4 +112,6 @@ if __name__ == "__main__":
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--outage", type=int, default=15, help="seconds without SMTP")
     parser.add_argument("--retry-max", type=int, default=300, help="MAIL_RETRY_MAX_SECONDS")
-    asyncio.run(main(parser.parse_args()))
+    args = parser.parse_args()
+    with database(f"bench_mail_{os.getpid()}") as db:  # dropped at the end
+        asyncio.run(main(args, db))

@@ -3,13 +3,9 @@
     .venv/bin/python bench/realtime.py                 # 1,000 sockets, 2 processes, 100 msg/s, 30 s
     .venv/bin/python bench/realtime.py --duration 5    # a short run
 
-On a scratch database (bench_rt_<random>, dropped at the end) it starts the servers, signs
-users up over HTTP (Argon2 cost lowered for this setup only), puts the socket users in
-threads of 20 (+ 4 posters), opens one WebSocket per user (socket i on process i % N), then
-POSTs messages open-loop at a steady rate, cycling through processes and threads. A
-delivery's latency runs from just before its POST is issued to the receipt of its
+A delivery's latency runs from just before its POST is issued to the receipt of its
 `message.created` on a member's socket; frames are parsed after the run, so the client does
-no per-message work but taking the time.
+no per-message work but taking the time. The setup and the figures: bench/README.md.
 """
 
 import argparse
@@ -31,11 +27,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PG, ROOT, admin, cpu_ticks, machine, memory_mib, migrate
+from run import cpu_ticks, database, machine, memory_mib
 
 from tests.helpers import User, new_thread, send, sign_up, start, ws_url
 
@@ -88,15 +85,14 @@ class Sockets:
                 await asyncio.wait_for(self.enough.wait(), seconds)
 
     async def open(self, hosts: list[str], users: list[User]) -> None:
-        async def one(i: int, user: User) -> ClientConnection:
-            return await connect(
-                ws_url(hosts[i % len(hosts)], user["token"]["access_token"]),
-                ping_interval=None,  # the server pings; the client only answers
-                max_queue=None,
-                open_timeout=60,
-            )
-
-        self.conns = await bounded(SETUP_CONCURRENCY, (one(i, u) for i, u in enumerate(users)))
+        urls = [
+            ws_url(hosts[i % len(hosts)], u["token"]["access_token"]) for i, u in enumerate(users)
+        ]
+        # The server pings; the client only answers.
+        opening = (
+            connect(url, ping_interval=None, max_queue=None, open_timeout=60) for url in urls
+        )
+        self.conns = await bounded(SETUP_CONCURRENCY, opening)
         self.readers = [asyncio.create_task(self.read(i, ws)) for i, ws in enumerate(self.conns)]
 
     async def read(self, i: int, ws: ClientConnection) -> None:
@@ -120,17 +116,12 @@ class Sockets:
         await bounded(100, (shut(ws) for ws in self.conns))
 
 
-async def run(a: argparse.Namespace) -> int:
-    tag = secrets.token_hex(4)
-    db, tmp = f"bench_rt_{tag}", Path(tempfile.mkdtemp(prefix="bench_rt_"))
+async def run(a: argparse.Namespace, url: str, tag: str, tmp: Path) -> int:
     n_threads = max(1, -(-a.sockets // MEMBERS))
-    print(f"machine: {machine()}", flush=True)
-    await admin(f'CREATE DATABASE "{db}"')
-    env = {**os.environ, "DATABASE_URL": f"{PG}/{db}", "SECRET_KEY": secrets.token_urlsafe(48)}
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(48)}
     env.update(ENVIRONMENT="development", ACCESS_TOKEN_EXPIRE_MINUTES="600", **ARGON2)
-    sockets, clients, failed = Sockets(), [], False
+    sockets, clients = Sockets(), []
     try:
-        migrate(ROOT, env["DATABASE_URL"])
         with ExitStack() as stack:
             servers = [
                 stack.enter_context(
@@ -154,12 +145,9 @@ async def run(a: argparse.Namespace) -> int:
             groups = [users[t * MEMBERS : (t + 1) * MEMBERS] for t in range(n_threads)]
             owners = [posters[t % POSTERS] for t in range(n_threads)]
             made = (new_thread(http[t], owners[t], *g, *posters) for t, g in enumerate(groups))
-            threads = await bounded(SETUP_CONCURRENCY, made)
-            thread_ids = [t["id"] for t in threads]
+            thread_ids = [t["id"] for t in await bounded(SETUP_CONCURRENCY, made)]
             members = [{u["id"] for u in g} for g in groups]
-            hosts = [s.base.removeprefix("http://") for s in servers]
-            await sockets.open(hosts, users)
-            user_of = [u["id"] for u in users]  # socket i's user
+            await sockets.open([s.base.removeprefix("http://") for s in servers], users)
             print(
                 f"setup: {a.processes} servers, {a.sockets} sockets in {n_threads} threads of "
                 f"{MEMBERS} (+{POSTERS} posters) in {time.perf_counter() - t0:.1f} s",
@@ -208,67 +196,52 @@ async def run(a: argparse.Namespace) -> int:
             gc.enable()
             rss = " + ".join(f"{memory_mib(s.proc.pid, 'VmRSS'):.0f} MiB" for s in servers)
             died = [i for i, s in enumerate(servers) if s.proc.poll() is not None]
-
-        latencies: list[float] = []
-        by_route: dict[str, list[float]] = {"same": [], "cross": []}
-        seen: set[tuple[int, int]] = set()
-        other = Counter[str]()
-        for sock, at, frame in in_time:
-            event = json.loads(frame)
-            body = str(event.get("data", {}).get("body", ""))
-            if event.get("type") != "message.created" or not body.startswith(f"rt{tag} "):
-                other[str(event.get("type"))] += 1
-                continue
-            k = int(body.split()[1])
-            if (sock, k) in seen or k not in ok or user_of[sock] not in members[k % n_threads]:
-                other["duplicate or unexpected"] += 1
-                continue
-            seen.add((sock, k))
-            latencies.append(at - sent[k])
-            route = "same" if sock % a.processes == k % a.processes else "cross"
-            by_route[route].append(at - sent[k])
-        latencies.sort()
-        lost = expected - len(latencies)
-        posts = sorted(end - st for _, st, end, status in results if status == 201)
-        failures = Counter(str(status) for *_, status in results if status != 201)
-        server_cpu = [(b - c) / wall for c, b in zip(cpu0[0], cpu1[0], strict=True)]
-        client_cpu = (cpu1[1] - cpu0[1]) / wall
-        tail = f"p99.9 {pct(latencies, 99.9):.1f} ms, max {pct(latencies, 100):.1f} ms"
-        print(f"\ncommand:    {' '.join(sys.argv)}")
-        print(f"sockets:    {a.sockets} ({n_threads} threads x {MEMBERS}), {a.processes} processes")
-        print(f"rate:       {rate:.1f} msg/s achieved (target {a.rate:g}), {wall:.1f} s wall")
-        print(f"messages:   {total} sent, {len(ok)} accepted, failed: {dict(failures) or 'none'}")
-        print(f"deliveries: {expected} expected, {len(latencies)} received, lost {lost}")
-        print(f"latency:    {spread(latencies)}, {tail}")
-        for route, values in by_route.items():
-            if values and a.processes > 1:
-                print(f"  {route:5} process: {len(values)} deliveries, {spread(values)}")
-        print(f"POST:       {spread(posts)}, max {pct(posts, 100):.1f} ms")
-        print(
-            f"ws closes:  {dict(sockets.closes) or 'none'}; other frames: {dict(other) or 'none'}"
-        )
-        print(
-            f"CPU:        servers {' + '.join(f'{c:.0%}' for c in server_cpu)} of a core, "
-            f"client {client_cpu:.0%}"
-        )
-        print(f"server RSS: {rss} (with the sockets open)")
-        print("servers:    " + (f"{died} EXITED DURING THE RUN" if died else "all alive"))
-        failed = bool(lost or not latencies or died)
-        return int(failed)
     finally:
         await sockets.close()
         for c in clients:
             await c.aclose()
-        await admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        clean_up(tmp, failed)
 
-
-def clean_up(logs: Path, failed: bool) -> None:
-    text = "".join(p.read_text(errors="replace") for p in logs.glob("*.log"))
-    if failed or "Traceback" in text:
-        print(f"server logs kept in {logs}")
-    else:
-        shutil.rmtree(logs, ignore_errors=True)
+    latencies: list[float] = []
+    by_route: dict[str, list[float]] = {"same": [], "cross": []}
+    seen: set[tuple[int, int]] = set()
+    other = Counter[str]()
+    for sock, at, frame in in_time:
+        event = json.loads(frame)
+        body = str(event.get("data", {}).get("body", ""))
+        if event.get("type") != "message.created" or not body.startswith(f"rt{tag} "):
+            other[str(event.get("type"))] += 1
+            continue
+        k = int(body.split()[1])
+        if (sock, k) in seen or k not in ok or users[sock]["id"] not in members[k % n_threads]:
+            other["duplicate or unexpected"] += 1
+            continue
+        seen.add((sock, k))
+        latencies.append(at - sent[k])
+        by_route["same" if sock % a.processes == k % a.processes else "cross"].append(at - sent[k])
+    latencies.sort()
+    lost = expected - len(latencies)
+    posts = sorted(end - st for _, st, end, status in results if status == 201)
+    failures = Counter(str(status) for *_, status in results if status != 201)
+    server_cpu = " + ".join(f"{(b - c) / wall:.0%}" for c, b in zip(cpu0[0], cpu1[0], strict=True))
+    print(f"\ncommand:    {' '.join(sys.argv)}")
+    print(f"sockets:    {a.sockets} ({n_threads} threads x {MEMBERS}), {a.processes} processes")
+    print(f"rate:       {rate:.1f} msg/s achieved (target {a.rate:g}), {wall:.1f} s wall")
+    print(f"messages:   {total} sent, {len(ok)} accepted, failed: {dict(failures) or 'none'}")
+    print(f"deliveries: {expected} expected, {len(latencies)} received, lost {lost}")
+    print(
+        f"latency:    {spread(latencies)}, p99.9 {pct(latencies, 99.9):.1f} ms, "
+        f"max {pct(latencies, 100):.1f} ms"
+    )
+    for route, values in by_route.items():
+        if values and a.processes > 1:
+            print(f"  {route:5} process: {len(values)} deliveries, {spread(values)}")
+    print(f"POST:       {spread(posts)}, max {pct(posts, 100):.1f} ms")
+    print(f"ws closes:  {dict(sockets.closes) or 'none'}; other frames: {dict(other) or 'none'}")
+    client_cpu = (cpu1[1] - cpu0[1]) / wall
+    print(f"CPU:        servers {server_cpu} of a core, client {client_cpu:.0%}")
+    print(f"server RSS: {rss} (with the sockets open)")
+    print("servers:    " + (f"{died} EXITED DURING THE RUN" if died else "all alive"))
+    return int(bool(lost or not latencies or died))
 
 
 def main() -> None:
@@ -280,11 +253,19 @@ def main() -> None:
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, a.sockets * 2 + 1024)), hard))
+    print(f"machine: {machine()}", flush=True)
+    tag, tmp = secrets.token_hex(4), Path(tempfile.mkdtemp(prefix="bench_rt_"))
+    failed = 1
     try:
-        import uvloop
-    except ImportError:
-        sys.exit(asyncio.run(run(a)))
-    sys.exit(uvloop.run(run(a)))
+        with database(f"bench_rt_{tag}") as url:  # a scratch database, dropped at the end
+            failed = uvloop.run(run(a, url, tag, tmp))
+    finally:
+        logs = "".join(p.read_text(errors="replace") for p in tmp.glob("*.log"))
+        if failed or "Traceback" in logs:
+            print(f"server logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(failed)
 
 
 if __name__ == "__main__":

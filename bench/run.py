@@ -21,8 +21,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -40,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import asyncpg  # noqa: E402
 from jose import jwt  # noqa: E402
-from seed import BIG_THREAD_ID, RARE_WORD, seed  # noqa: E402
+from seed import BIG_THREAD_ID, RARE_WORD, Rows, seed  # noqa: E402
 
 from tests.helpers import PASSWORD, Server, start  # noqa: E402
 
@@ -49,6 +50,7 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 SECRET = "bench-secret-" + "x" * 40
 SERVER_CPU, WRK_CPU = "0", "1"
 STALL_MS = 5000  # at 256 connections, a slower request is a stall
+STATEMENT_RUNS = 100  # timed runs of each statement the app sends, one after another
 OUT = BENCH / "out"
 
 # name: (label, ours / ceiling target, or None for the app only)
@@ -99,14 +101,10 @@ def machine() -> str:
 def ensure_tools() -> None:
     if not shutil.which("wrk") and os.geteuid() == 0 and shutil.which("apt-get"):
         log("wrk is missing: apt-get install -y wrk")
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
+        subprocess.run("apt-get update -qq; apt-get install -y -qq wrk", shell=True, check=False)
     for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install -y {package} (or brew install {tool})")
-
-
-# --------------------------------------------------------------------------- databases
 
 
 def app_env(db: str) -> dict[str, str]:
@@ -122,6 +120,14 @@ def app_env(db: str) -> dict[str, str]:
     }
 
 
+def python(*args: str, cwd: Path, env: dict[str, str], failure: str) -> str:
+    """The stdout of the app's python running `args`; exits with `failure` if it fails."""
+    done = subprocess.run([PY, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{failure}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return done.stdout
+
+
 async def admin(sql: str) -> None:
     conn = await asyncpg.connect(f"{PG}/postgres")
     try:
@@ -130,25 +136,28 @@ async def admin(sql: str) -> None:
         await conn.close()
 
 
-def migrate(cwd: Path, database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    cmd = [PY, "-m", "alembic", "upgrade", "head"]
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
-        sys.exit(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
+@contextmanager
+def database(name: str, cwd: Path = ROOT) -> Iterator[str]:
+    """A new database at `alembic upgrade head` (of the code in `cwd`), dropped on exit;
+    yields its URL. Call it outside an event loop."""
+    url = f"{PG}/{name}"
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        env = {**os.environ, "DATABASE_URL": url}
+        python("-m", "alembic", "upgrade", "head", cwd=cwd, env=env, failure="alembic failed")
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def password_hash(cwd: Path) -> str:
     """One argon2 hash made by the app itself (its settings), shared by every seeded user."""
     code = f"from app.security import pwd_context; print(pwd_context.hash({PASSWORD!r}))"
-    done = subprocess.run(
-        [PY, "-c", code], cwd=cwd, env=app_env("postgres"), capture_output=True, text=True
-    )
-    if done.returncode:
-        sys.exit(f"the app does not import from {cwd}:\n{done.stderr[-3000:]}")
-    return done.stdout.strip()
+    failure = f"the app does not import from {cwd}"
+    return python("-c", code, cwd=cwd, env=app_env("postgres"), failure=failure).strip()
 
 
+@cache
 def token_for(user_id: int) -> str:
     """An access token as the app mints it (same claims), made with the servers' key."""
     now = int(time.time())
@@ -157,75 +166,62 @@ def token_for(user_id: int) -> str:
     return str(jwt.encode(claims, SECRET, algorithm="HS256"))
 
 
-async def request_files(db: str, workdir: Path) -> dict[str, Path]:
-    """One file of requests per scenario (for bench/requests.lua), by users entitled to
-    make them: 1,000 users, the big thread's members, 500 deep pages, 2,000 senders."""
-    conn = await asyncpg.connect(f"{PG}/{db}")
-    try:
-        users = [r[0] for r in await conn.fetch('SELECT id FROM "user" ORDER BY id')]
-        pairs = await conn.fetch("SELECT thread_id, user_id FROM membership ORDER BY id")
-        big = [uid for tid, uid in pairs if tid == BIG_THREAD_ID]
-        count = await conn.fetchval(
-            "SELECT count(*) FROM message WHERE thread_id = $1 AND NOT deleted", BIG_THREAD_ID
-        )
-        # Far back: among the oldest tenth of the big thread, with a full page before it.
-        deep = await conn.fetch(
-            "SELECT id FROM message WHERE thread_id = $1 AND NOT deleted "
-            "ORDER BY id OFFSET 60 LIMIT $2",
-            BIG_THREAD_ID,
-            max(1, count // 10 - 60),
-        )
-    finally:
-        await conn.close()
+def request_files(rows: Rows, db: str, workdir: Path) -> dict[str, Path]:
+    """One file of requests per scenario (for bench/requests.lua), from the seeded rows, by
+    users entitled to make them: 1,000 users, the big thread's members, 500 deep pages,
+    2,000 senders."""
+    users = [u[0] for u in rows["user"]]
+    pairs = [(m[4], m[5]) for m in rows["membership"]]  # (thread, user)
+    big = [uid for tid, uid in pairs if tid == BIG_THREAD_ID]
+    # Far back: among the oldest tenth of the big thread, with a full page before it.
+    live = [m[0] for m in rows["message"] if m[4] == BIG_THREAD_ID and not m[3]]
+    deep = live[60 : 60 + max(1, len(live) // 10 - 60)]
     rng = random.Random(7)
     words = ["hello", "ok", "thanks", "see you", "tomorrow", "the deploy is done", "lunch"]
-    form = "application/x-www-form-urlencoded"
     page = f"/api/threads/{BIG_THREAD_ID}/messages"
     sample = rng.sample(users, min(1000, len(users)))
-    with_threads = sorted({uid for _, uid in pairs})
     threads_of = Counter(uid for _, uid in pairs)
-    few = [uid for uid, n in threads_of.items() if n == 1][:200]
-    many = [uid for uid, _ in threads_of.most_common(200)]
-    lines = {
-        "users_me": [("GET", "/api/users/me", uid, "", "") for uid in sample],
+    with_threads = sorted(threads_of)
+    searchers = {
+        "few": [uid for uid, n in threads_of.items() if n == 1][:200],
+        "many": [uid for uid, _ in threads_of.most_common(200)],
+    }
+
+    def get(path: str, uid: int) -> tuple[str, ...]:
+        return ("GET", path, token_for(uid), "", "")
+
+    lines: dict[str, list[tuple[str, ...]]] = {
+        "users_me": [get("/api/users/me", uid) for uid in sample],
         "token": [
-            ("POST", "/api/auth/token", None, form,
+            ("POST", "/api/auth/token", "", "application/x-www-form-urlencoded",
              urlencode({"username": f"user{uid}@example.com", "password": PASSWORD}))
             for uid in sample
         ],
-        "threads": [("GET", "/api/threads", uid, "", "")
+        "threads": [get("/api/threads", uid)
                     for uid in rng.sample(with_threads, min(1000, len(with_threads)))],
-        "newest": [("GET", page, uid, "", "") for uid in big],
-        "deep": [("GET", f"{page}?before={r[0]}", big[i % len(big)], "", "")
-                 for i, r in enumerate(rng.sample(deep, min(500, len(deep))))],
+        "newest": [get(page, uid) for uid in big],
+        "deep": [get(f"{page}?before={mid}", big[i % len(big)])
+                 for i, mid in enumerate(rng.sample(deep, min(500, len(deep))))],
         **{
-            f"search_{kind}_{who}": [
-                ("GET", f"/api/messages/search?q={word}", uid, "", "") for uid in users_
-            ]
+            f"search_{kind}_{who}": [get(f"/api/messages/search?q={word}", uid) for uid in uids]
             for kind, word in (("common", "meeting"), ("rare", RARE_WORD))
-            for who, users_ in (("few", few), ("many", many))
+            for who, uids in searchers.items()
         },
         "post": [
-            ("POST", f"/api/threads/{tid}/messages", uid, "application/json",
+            ("POST", f"/api/threads/{tid}/messages", token_for(uid), "application/json",
              json.dumps({"body": " ".join(rng.choices(words, k=rng.randint(2, 20)))}))
             for tid, uid in rng.sample(pairs, min(2000, len(pairs)))
         ],
     }  # fmt: skip
-    tokens: dict[int, str] = {}
-    files = {}
-    for name, rows in lines.items():
-        files[name] = workdir / f"{db}-{name}.tsv"
-        with files[name].open("w") as f:
-            for method, path, uid, ctype, body in rows:
-                if uid is not None and uid not in tokens:
-                    tokens[uid] = token_for(uid)
-                token = "" if uid is None else tokens[uid]
-                f.write(f"{method}\t{path}\t{token}\t{ctype}\t{body}\n")
+    files = {name: workdir / f"{db}-{name}.tsv" for name in lines}
+    for name, requests in lines.items():
+        files[name].write_text("".join("\t".join(r) + "\n" for r in requests))
     return files
 
 
-# The statements the app sends for a page, caught on their way to the driver: the scale
-# check EXPLAINs what app/ runs as it is, whatever it builds. Run with the app's python.
+# The statements the app sends for a request, caught on their way to the driver: the
+# harness EXPLAINs and times what app/ runs as it is, whatever it builds. Run with the
+# app's python.
 CAPTURE = """
 import asyncio, json, sys
 import httpx
@@ -245,31 +241,40 @@ asyncio.run(main())
 """
 
 
-def page_statements(cwd: Path, db: str, files: dict[str, Path]) -> list[Any]:
-    """(sql, parameters) the app sends for the first newest-page and deep-page requests."""
-    requests = [files[name].read_text().split("\t", 3)[1:3] for name in ("newest", "deep")]
-    done = subprocess.run(
-        [PY, "-c", CAPTURE, json.dumps(requests)],
-        cwd=cwd, env=app_env(db), capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode:
-        sys.exit(f"could not capture the app's SQL:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines()]
+def statements(cwd: Path, db: str, files: dict[str, Path], names: list[str]) -> dict[str, Any]:
+    """(sql, parameters, user id) of the app's statement for each scenario's first request."""
+    requests = [files[name].read_text().split("\t", 3)[1:3] for name in names]
+    failure = "could not capture the app's SQL"
+    out = python("-c", CAPTURE, json.dumps(requests), cwd=cwd, env=app_env(db), failure=failure)
+    users = [int(jwt.get_unverified_claims(token)["sub"]) for _, token in requests]
+    caught = [json.loads(line) for line in out.splitlines()]
+    return {name: (*c, u) for name, c, u in zip(names, caught, users, strict=True)}
 
 
-async def explain(db: str, statements: list[Any]) -> dict[str, str]:
+async def explain(db: str, statements: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each statement's EXPLAIN (ANALYZE, BUFFERS), then STATEMENT_RUNS timed runs of it one
+    after another on one connection: rows found, p50 and p99 in ms."""
     conn = await asyncpg.connect(f"{PG}/{db}")
     try:
-        plans = {}
-        for name, (sql, params) in zip(("newest", "deep"), statements, strict=True):
-            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *params)
-            plans[name] = f"{' '.join(sql.split())}  -- {params}\n" + "\n".join(r[0] for r in rows)
-        return plans
+        out = {}
+        for name, (sql, params, user) in statements.items():
+            plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *params)
+            prepared = await conn.prepare(sql)
+            found, times = len(await prepared.fetch(*params)), []
+            for _ in range(STATEMENT_RUNS):
+                t0 = time.perf_counter()
+                await prepared.fetch(*params)
+                times.append((time.perf_counter() - t0) * 1000)
+            q = statistics.quantiles(times, n=100)
+            threads = await conn.fetchval(
+                "SELECT count(*) FROM membership WHERE user_id = $1 AND NOT deleted", user
+            )
+            text = f"{' '.join(sql.split())}  -- {params}\n" + "\n".join(r[0] for r in plan)
+            out[name] = {"plan": text, "rows": found, "p50": q[49], "p99": q[98]}
+            out[name] |= {"user": user, "threads": threads}
+        return out
     finally:
         await conn.close()
-
-
-# --------------------------------------------------------------------------- measuring
 
 
 @dataclass
@@ -334,11 +339,9 @@ def others(before: dict[int, tuple[str, int]], seconds: float) -> float:
 
 def wrk(server: Server, file: Path, connections: int, seconds: float) -> list[str]:
     # wrk's timeout is twice the stall limit, so a stalled request is seen, not only counted.
-    timeout = f"--timeout={2 * STALL_MS // 1000}s"
-    duration = f"-d{max(1, round(seconds))}s"
-    lua = str(BENCH / "requests.lua")
-    wrk = ["wrk", "-t1", f"-c{connections}", duration, timeout, "-s", lua, server.base]
-    return ["taskset", "-c", WRK_CPU, *wrk, "--", str(file)]
+    timeout, duration = f"--timeout={2 * STALL_MS // 1000}s", f"-d{max(1, round(seconds))}s"
+    wrk = ["wrk", "-t1", f"-c{connections}", duration, timeout, "-s", str(BENCH / "requests.lua")]
+    return ["taskset", "-c", WRK_CPU, *wrk, server.base, "--", str(file)]
 
 
 def parse(stdout: str) -> Run:
@@ -347,14 +350,10 @@ def parse(stdout: str) -> Run:
     if line is None:
         raise RuntimeError(f"no BENCH line in wrk's output:\n{stdout}")
     r = json.loads(line[6:])
-    return Run(
-        rps=r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0,
-        p50=r["p50_us"] / 1000,
-        p99=r["p99_us"] / 1000,
-        max=r["max_us"] / 1000,
-        errors=sum(r[k] for k in ("connect", "read", "write", "status", "timeout")),
-        requests=r["requests"],
-    )
+    rps = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
+    p50, p99, top = (r[f"{k}_us"] / 1000 for k in ("p50", "p99", "max"))
+    errors = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Run(rps, p50, p99, top, errors, r["requests"])
 
 
 def measure(server: Server, file: Path, connections: int, seconds: float) -> Run:
@@ -365,6 +364,13 @@ def measure(server: Server, file: Path, connections: int, seconds: float) -> Run
     run = parse(done.stdout)
     run.peak_mib, run.others = memory_mib(server.proc.pid), others(before, time.monotonic() - t0)
     return run
+
+
+def line(r: Run) -> str:
+    return (
+        f"{r.rps:8.1f} req/s  p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  max {r.max:6.0f} ms  "
+        f"errors {r.errors}  peak {r.peak_mib:.0f} MiB  others {r.others:.2f} cores"
+    )
 
 
 @contextmanager
@@ -378,9 +384,6 @@ def serving(kind: str, db: str, cwd: Path, workdir: Path) -> Iterator[Server]:
         yield server
 
 
-# --------------------------------------------------------------------------- blocks
-
-
 class Bench:
     def __init__(self, a: argparse.Namespace, files: dict[str, dict[str, Path]]) -> None:
         self.a, self.files = a, files
@@ -391,39 +394,20 @@ class Bench:
             measure(server, file, connections, self.a.warmup)
         return measure(server, file, connections, self.a.duration)
 
-    def main_table(self, servers: dict[str, Server]) -> dict[str, dict[str, Run]]:
-        """Each scenario's runs in turn, app and ceiling alternating who goes first. The
-        POSTs come after the reads, so every read sees the seeded data."""
-        raw: dict[str, dict[str, list[Run]]] = {}
-        for name in self.a.scenarios:
-            kinds = ["app", "ceiling"] if SCENARIOS[name][1] else ["app"]
-            raw[name] = {kind: [] for kind in kinds}
-            for n in range(self.a.runs):
-                for kind in kinds[::-1] if n % 2 else kinds:
-                    r = self.run(servers[kind], name, self.a.connections, warm=n == 0)
-                    raw[name][kind].append(r)
-                    log(f"run {n + 1}/{self.a.runs} {name:9} {kind:8} {line(r)}")
-        return {name: {k: median(v) for k, v in runs.items()} for name, runs in raw.items()}
-
-    def c256(self, servers: dict[str, Server]) -> dict[str, dict[str, Run]]:
-        """256 connections: no errors and no stall (ours; the ceiling for comparison)."""
-        out: dict[str, dict[str, Run]] = {}
-        for name in [n for n in self.a.scenarios if SCENARIOS[n][1]]:
-            for kind, server in servers.items():
-                out.setdefault(name, {})[kind] = r = self.run(server, name, 256, warm=True)
-                log(f"c=256 {name:9} {kind:8} {line(r)}")
-        return out
-
-    def scale(self, big: Server, small: Server) -> dict[str, dict[str, Run]]:
-        """The newest and a deep page on the main data set and on the small one."""
-        raw: dict[str, dict[str, list[Run]]] = {"newest": {}, "deep": {}}
-        for n in range(self.a.runs):
-            for page, by_db in raw.items():
-                for db, server in [("main", big), ("small", small)][:: -1 if n % 2 else 1]:
-                    r = self.run(server, page, self.a.connections, n == 0, db)
-                    by_db.setdefault(db, []).append(r)
-                    log(f"scale run {n + 1} {page:7} {db:6} {line(r)}")
-        return {page: {db: median(v) for db, v in by_db.items()} for page, by_db in raw.items()}
+    def alternate(
+        self, what: str, name: str, servers: dict[str, Server], connections: int = 0, runs: int = 0
+    ) -> dict[str, Run]:
+        """Runs of scenario `name` on each server in turn (on the database its key names, if
+        any), alternating who goes first, a warm-up before the first; their medians."""
+        out: dict[str, list[Run]] = {key: [] for key in servers}
+        runs = runs or self.a.runs
+        for n in range(runs):
+            for key in list(servers)[:: -1 if n % 2 else 1]:
+                db = key if key in self.files else ""
+                r = self.run(servers[key], name, connections or self.a.connections, n == 0, db)
+                out[key].append(r)
+                log(f"{what}run {n + 1}/{runs} {name:9} {key:8} {line(r)}")
+        return {key: median(v) for key, v in out.items()}
 
     def login(self, app: Server) -> dict[str, Run]:
         """users/me idle, and while 8 connections hammer the token endpoint."""
@@ -449,24 +433,16 @@ class Bench:
                 r = measure(app, self.files["main"]["users_me"], self.a.connections, seconds)
                 done, rps, errors = done + r.requests, r.rps, errors + r.errors
             time.sleep(1.0)
-            rss = memory_mib(app.proc.pid, "VmRSS")
-            minutes, peak = (time.monotonic() - t0) / 60, memory_mib(app.proc.pid)
-            mark = {"requests": done, "rss": rss, "peak": peak, "rps": rps, "errors": errors}
-            marks.append({**mark, "minutes": minutes})
+            rss, peak = memory_mib(app.proc.pid, "VmRSS"), memory_mib(app.proc.pid)
+            minutes = (time.monotonic() - t0) / 60
+            marks.append(
+                dict(requests=done, rss=rss, peak=peak, rps=rps, errors=errors, minutes=minutes)
+            )
             log(
                 f"memory: after {done:,} requests RSS {rss:.1f} MiB ({rps:.0f} req/s, {errors} err)"
             )
         return marks
 
-
-def line(r: Run) -> str:
-    return (
-        f"{r.rps:8.1f} req/s  p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms  max {r.max:6.0f} ms  "
-        f"errors {r.errors}  peak {r.peak_mib:.0f} MiB  others {r.others:.2f} cores"
-    )
-
-
-# --------------------------------------------------------------------------- report
 
 FORMATS = {"rps": ".1f", "p50": ".2f", "p99": ".2f", "max": ".0f", "errors": "d",
            "peak_mib": ".0f", "others": ".2f"}  # fmt: skip
@@ -476,9 +452,12 @@ def cells(r: Run | None, *fields: str) -> list[str]:
     return [format(getattr(r, f), FORMATS[f]) if r else "—" for f in fields]
 
 
-def table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
-    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
+def table(title: str, head: str, rows: list[list[str]], *notes: str) -> list[str]:
+    """A markdown table under `title`, with the columns `head` names (separated by |)."""
+    names = [name.strip() for name in head.split("|")]
+    lines = ["| " + " | ".join(names) + " |", "|---|" + "--:|" * (len(names) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*([title, ""] if title else []), *lines, "", *notes]
 
 
 def ok(passed: bool) -> str:
@@ -491,6 +470,7 @@ def busiest(*runs: Run | None) -> str:
 
 def report(res: dict[str, Any]) -> str:
     out = [f"Machine: {res['machine']}", "", f"Setup: {res['setup']}", ""]
+    big, small = res["messages"]
     if main := res.get("main"):
         rows = []
         for name, runs in main.items():
@@ -499,23 +479,16 @@ def report(res: dict[str, Any]) -> str:
             goal = f"≥ {target:.0%} {ok(o.rps / c.rps >= target)}" if c and target else "—"
             fields = ("rps", "p50", "p99", "errors", "peak_mib")
             rows.append([label, *cells(o, *fields), *cells(c, *fields), ratio, goal, busiest(o, c)])
-        head = ["scenario", "ours req/s", "p50 ms", "p99 ms", "errors", "peak MiB"]
-        head += ["ceiling req/s", "p50 ms", "p99 ms", "errors", "peak MiB"]
-        out += table([*head, "ours ÷ ceiling", "target", "others"], rows)
-        out += [
+        head = "scenario | ours req/s | p50 ms | p99 ms | errors | peak MiB | ceiling req/s"
+        head += " | p50 ms | p99 ms | errors | peak MiB | ours ÷ ceiling | target | others"
+        note = (
             "p50/p99: medians over the runs; errors: all runs added up (socket errors, "
             "timeouts, HTTP status >= 400); peak MiB: the server's highest RSS; others: "
             "cores used during the runs by processes that are not the bench's (a shared "
-            "machine: anything above ~0.1 skews the numbers).",
-            "",
-        ]
+            "machine: anything above ~0.1 skews the numbers)."
+        )
+        out += table("", head, rows, note, "")
     if c256 := res.get("c256"):
-        out += [
-            "256 connections (target, ours: no errors and no stall = no request over "
-            f"{STALL_MS // 1000} s); vs c=32: req/s kept from the main table; the ceiling's "
-            "numbers are for comparison:",
-            "",
-        ]
         rows = []
         for name, runs in c256.items():
             o, c = runs["app"], runs.get("ceiling")
@@ -525,21 +498,14 @@ def report(res: dict[str, Any]) -> str:
             passed = ok(o.errors == 0 and o.max < STALL_MS)
             ceiling = cells(c, "rps", "p99", "max", "errors")
             rows.append([SCENARIOS[name][0], *ours, passed, *ceiling, busiest(o, c)])
-        head = [
-            "scenario",
-            "req/s",
-            "vs c=32",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "errors",
-            "peak MiB",
-            "",
-        ]
-        out += table([*head, "ceiling req/s", "p99 ms", "max ms", "errors", "others"], rows)
+        title = (
+            "256 connections (target, ours: no errors and no stall = no request over "
+            f"{STALL_MS // 1000} s); vs c=32: req/s kept from the main table; the ceiling's "
+            "numbers are for comparison:"
+        )
+        head = "scenario | req/s | vs c=32 | p50 ms | p99 ms | max ms | errors | peak MiB |"
+        out += table(title, f"{head} | ceiling req/s | p99 ms | max ms | errors | others", rows)
     if scale := res.get("scale"):
-        big, small = res["messages"]
-        out += [f"Pages at {big:,} vs {small:,} messages (ours; target: within 1.25x):", ""]
         rows = []
         for page, by_db in scale.items():
             b, s = by_db["main"], by_db["small"]
@@ -548,26 +514,34 @@ def report(res: dict[str, Any]) -> str:
             rows.append(
                 [page, *cells(b, "rps", "p50"), *cells(s, "rps", "p50"), *ratios, busiest(b, s)]
             )
-        head = ["page", f"req/s @{big:,}", "p50 ms", f"req/s @{small:,}", "p50 ms"]
-        out += table([*head, "slowdown (req/s)", "slowdown (p50)", "", "others"], rows)
-        for page, plan in res.get("plans", {}).items():
-            out += [f"EXPLAIN (ANALYZE, BUFFERS), {page} page at {big:,} messages:", ""]
-            out += ["```", plan, "```", ""]
+        title = f"Pages at {big:,} vs {small:,} messages (ours; target: within 1.25x):"
+        head = f"page | req/s @{big:,} | p50 ms | req/s @{small:,} | p50 ms | slowdown (req/s)"
+        out += table(title, f"{head} | slowdown (p50) | | others", rows)
+    if stats := res.get("statements"):
+        rows = [
+            [name, f"{s['user']} ({s['threads']})", str(s["rows"]), f"{s['p50']:.2f}",
+             f"{s['p99']:.2f}"]
+            for name, s in stats.items()
+        ]  # fmt: skip
+        title = (
+            f"The app's statement for a scenario's first request, {STATEMENT_RUNS} times in a "
+            f"row on one connection ({big:,} messages, after the runs above):"
+        )
+        out += table(title, "scenario | user (threads) | rows | p50 ms | p99 ms", rows)
+        for name, s in stats.items():
+            out += [f"EXPLAIN (ANALYZE, BUFFERS), {name} at {big:,} messages:", ""]
+            out += ["```", s["plan"], "```", ""]
     if login := res.get("login"):
         i, b, t = login["idle"], login["busy"], login["logins"]
-        out += [
-            "users/me while 8 connections hammer POST /api/auth/token (target: p99 < 2x idle):",
-            "",
-            *table(
-                ["", "users/me req/s", "p50 ms", "p99 ms", "logins/s", "others"],
-                [
-                    ["idle", *cells(i, "rps", "p50", "p99"), "—", busiest(i)],
-                    ["with 8 logins", *cells(b, "rps", "p50", "p99"), *cells(t, "rps"), busiest(b)],
-                ],
-            ),
-            f"p99 ratio: {b.p99 / i.p99:.2f}x — {ok(b.p99 / i.p99 < 2)}",
-            "",
+        rows = [
+            ["idle", *cells(i, "rps", "p50", "p99"), "—", busiest(i)],
+            ["with 8 logins", *cells(b, "rps", "p50", "p99"), *cells(t, "rps"), busiest(b)],
         ]
+        title = "users/me while 8 connections hammer POST /api/auth/token (target: p99 < 2x idle):"
+        ratio = f"p99 ratio: {b.p99 / i.p99:.2f}x — {ok(b.p99 / i.p99 < 2)}"
+        out += table(
+            title, "| users/me req/s | p50 ms | p99 ms | logins/s | others", rows, ratio, ""
+        )
     if marks := res.get("memory"):
         m0, m1 = marks
         growth = m1["rss"] / m0["rss"]
@@ -585,9 +559,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-# --------------------------------------------------------------------------- main
-
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small data, 1 run, 2 s per scenario")
@@ -596,11 +567,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per run (default 10, --quick 2)")
     p.add_argument("--runs", type=int, help="runs per scenario, medians (default 3, --quick 1)")
     p.add_argument("-c", "--connections", type=int, default=32)
-    p.add_argument(
-        "--snapshot",
-        action="store_true",
-        help="serve a copy of app/ and migrations/ taken at the start (edits made meanwhile "
-        "do not reach a long run)",
+    p.add_argument(  # edits made meanwhile do not reach a long run
+        "--snapshot", action="store_true", help="serve a copy of app/ and migrations/ made first"
     )
     a = p.parse_args()
     a.scenarios = [s for s in SCENARIOS if s in a.scenarios.split(",")]
@@ -631,51 +599,63 @@ def main() -> None:
         f"Data: {users:,} users, {threads:,} threads of 2-50 members, {messages:,} messages "
         f"({messages // 10:,} in the big thread)."
     )
-    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    cwd = ROOT
-    if a.snapshot:  # `python -m app` run there imports the copy
-        cwd = workdir / "src"
-        for name in ("app", "migrations"):
-            shutil.copytree(ROOT / name, cwd / name, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(ROOT / "alembic.ini", cwd)
-    # Names carry the pid: runs at the same time do not share databases.
-    dbs = {"main": f"bench_{os.getpid()}_main", "small": f"bench_{os.getpid()}_small"}
-    if "scale" not in a.checks:
-        del dbs["small"]
     started = time.monotonic()
-    try:
-        hashed = password_hash(cwd)
-        files = {}
-        for key, db in dbs.items():
-            log(f"{db}: fresh database, alembic upgrade head, seed")
-            asyncio.run(admin(f'CREATE DATABASE "{db}"'))
-            migrate(cwd, f"{PG}/{db}")
-            n = messages if key == "main" else a.small
-            asyncio.run(seed(f"{PG}/{db}", users=users, threads=threads, messages=n, hashed=hashed))
-            files[key] = asyncio.run(request_files(db, workdir))
-        bench = Bench(a, files)
-        with serving("app", dbs["main"], cwd, workdir) as app:
-            with serving("ceiling", dbs["main"], cwd, workdir) as ceiling:
-                servers = {"app": app, "ceiling": ceiling}
-                res["main"] = bench.main_table(servers)
-                if "c256" in a.checks:
-                    res["c256"] = bench.c256(servers)
-            if "login" in a.checks:
-                res["login"] = bench.login(app)
-            if "scale" in a.checks:
-                with serving("app", dbs["small"], cwd, workdir) as small:
-                    res["scale"] = bench.scale(app, small)
-                statements = page_statements(cwd, dbs["main"], files["main"])
-                res["plans"] = asyncio.run(explain(dbs["main"], statements))
-                for page, plan in res["plans"].items():
-                    log(f"EXPLAIN (ANALYZE, BUFFERS), {page} page:\n{plan}")
-        if "memory" in a.checks:
-            with serving("app", dbs["main"], cwd, workdir) as fresh:
-                res["memory"] = bench.memory(fresh)
-    finally:
-        for db in dbs.values():
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="bench-", ignore_cleanup_errors=True) as tmp:
+        workdir, cwd = Path(tmp), ROOT
+        if a.snapshot:  # `python -m app` run there imports the copy
+            cwd = workdir / "src"
+            for name in ("app", "migrations"):
+                ignore = shutil.ignore_patterns("__pycache__")
+                shutil.copytree(ROOT / name, cwd / name, ignore=ignore)
+            shutil.copy2(ROOT / "alembic.ini", cwd)
+        with ExitStack() as databases:
+            hashed, files = password_hash(cwd), {}
+            # Names carry the pid: runs at the same time do not share databases.
+            dbs = {key: f"bench_{os.getpid()}_{key}" for key in ("main", "small")}
+            for key in ["main", "small"] if "scale" in a.checks else ["main"]:
+                log(f"{dbs[key]}: fresh database, alembic upgrade head, seed")
+                url = databases.enter_context(database(dbs[key], cwd))
+                n = messages if key == "main" else a.small
+                rows = asyncio.run(
+                    seed(url, users=users, threads=threads, messages=n, hashed=hashed)
+                )
+                files[key] = request_files(rows, dbs[key], workdir)
+                del rows
+            bench = Bench(a, files)
+            with serving("app", dbs["main"], cwd, workdir) as app:
+                with serving("ceiling", dbs["main"], cwd, workdir) as ceiling:
+                    both = {"app": app, "ceiling": ceiling}
+                    # Each scenario's runs in turn; the POSTs come after the reads, so every
+                    # read sees the seeded data.
+                    res["main"] = {
+                        name: bench.alternate("", name, both if target else {"app": app})
+                        for name, (_, target) in SCENARIOS.items()
+                        if name in a.scenarios
+                    }
+                    if "c256" in a.checks:  # no errors and no stall (ours; ceiling to compare)
+                        res["c256"] = {
+                            name: bench.alternate("c=256 ", name, both, 256, runs=1)
+                            for name, (_, target) in SCENARIOS.items()
+                            if name in a.scenarios and target
+                        }
+                if "login" in a.checks:
+                    res["login"] = bench.login(app)
+                if "scale" in a.checks:
+                    with serving("app", dbs["small"], cwd, workdir) as small:
+                        servers = {"main": app, "small": small}
+                        pages = ("newest", "deep")
+                        res["scale"] = {p: bench.alternate("scale ", p, servers) for p in pages}
+            # The pages' statements (after all the POSTs: a plan regression shows) and search's.
+            names = ["newest", "deep"] if "scale" in a.checks else []
+            names += [n for n in a.scenarios if n.startswith("search_")]
+            if names:
+                caught = statements(cwd, dbs["main"], files["main"], names)
+                res["statements"] = asyncio.run(explain(dbs["main"], caught))
+                for name, s in res["statements"].items():
+                    log(f"{name}: p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms\n{s['plan']}")
+            if "memory" in a.checks:
+                with serving("app", dbs["main"], cwd, workdir) as fresh:
+                    res["memory"] = bench.memory(fresh)
     text = report(res)
     print(f"\n{text}\n({(time.monotonic() - started) / 60:.1f} min)")
     OUT.mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ COLUMNS = {
     "message": "id created_at updated_at deleted thread_id author_id edited_at body client_id "
     "version",
 }
+Rows = dict[str, list[tuple[Any, ...]]]
 
 
 def sentence(rng: random.Random) -> str:
@@ -43,7 +44,8 @@ def sentence(rng: random.Random) -> str:
     return words.capitalize() + rng.choice(".!?")
 
 
-async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str) -> None:
+async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str) -> Rows:
+    """Seeds the database; returns the rows written, by table."""
     rng = random.Random(42)
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=365)
@@ -51,7 +53,7 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
 
     # One shared argon2 hash: every seeded user logs in with the bench password.
     scopes = json.dumps(["regular"])
-    rows: dict[str, list[tuple[Any, ...]]] = {name: [] for name in COLUMNS}
+    rows: Rows = {name: [] for name in COLUMNS}
     for uid in range(1, users + 1):
         created = start - timedelta(minutes=rng.randint(1, 60 * 24 * 365))
         rows["user"].append(
@@ -122,3 +124,4 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
         await conn.close()
     print(f"  seeded {users:,} users, {threads:,} threads, {messages:,} messages", end="")
     print(f" in {time.perf_counter() - t0:.1f} s", flush=True)
+    return rows
