@@ -4,7 +4,9 @@ no validation library), served by uvicorn as `python -m app` is.
 Per request it does what the app must do, and nothing more: verify the HS256 bearer token
 (signature, alg, exp, type; stdlib hmac instead of python-jose), load the user row and check
 is_active, token_version and the "regular" scope (app/security.py), run the app's own SQL
-(below) on prepared statements, and answer the same JSON. What it leaves out: bench/README.md.
+(below) on prepared statements, and answer the same JSON, reactions included. It loads the
+user row on every request: the app remembers it per process (app.security.Callers, kept
+right by LISTEN), which a plain asyncpg app does not have. What it leaves out: bench/README.md.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 .venv/bin/python bench/ceiling.py
 """
@@ -81,6 +83,12 @@ BEFORE_SQL = (  # GET .../messages?before=: an older page
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
     "AND message.deleted = false AND message.id < $2 "
     "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
+)
+REACTIONS_SQL = (  # ... and the page's reactions, one row per emoji of each message
+    "SELECT reaction.message_id, reaction.emoji, count(*) AS uses, max(CASE WHEN "
+    "(reaction.user_id = $1::INTEGER) THEN 1 ELSE 0 END) AS me FROM reaction "
+    "WHERE reaction.message_id = ANY ($2::INTEGER[]) GROUP BY reaction.message_id, "
+    "reaction.emoji ORDER BY reaction.message_id, min(reaction.id)"
 )
 # POST .../messages, in one transaction: the thread row first (lock, membership check and
 # version in one statement, as in the app), the message, the sender's read marker, the event.
@@ -228,8 +236,14 @@ async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any
             rows = await con.fetch(NEWEST_SQL, thread["id"], limit + 1)
         else:
             rows = await con.fetch(BEFORE_SQL, thread["id"], before, limit + 1)
-    page = rows[:limit][::-1]
-    return 200, {"items": [message_out(m) for m in page], "has_more": len(rows) > limit}
+        page = [message_out(m) for m in rows[:limit][::-1]]
+        found = await con.fetch(REACTIONS_SQL, user["id"], [m["id"] for m in page])
+    by_id = {m["id"]: m for m in page}
+    for r in found:
+        by_id[r["message_id"]]["reactions"].append(
+            {"emoji": r["emoji"], "count": r["uses"], "me": bool(r["me"])}
+        )
+    return 200, {"items": page, "has_more": len(rows) > limit}
 
 
 async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tuple[int, Any]:
