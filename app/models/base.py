@@ -44,6 +44,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # asyncpg returns aware datetimes already: no call per value on PostgreSQL.
+        return super().result_processor(dialect, coltype) if dialect.name == "sqlite" else None
+
 
 class Base(SQLModel):
     """Columns of every table. Rows are never removed, only marked `deleted`."""
