@@ -1,6 +1,7 @@
 """The app, assembled: routers under /api, middleware, and what runs at start and stop."""
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     await ensure_first_superuser()
     await hub.start()
     await sender.start()
+    gc.freeze()  # what start-up made lives as long as the process: no collection walks it
     yield
     await sender.stop()
     await hub.stop()
