@@ -16,7 +16,7 @@ from app.models.thread import ThreadRow
 from app.models.user import SCOPES
 from app.repositories.base import decode_cursor
 from app.repositories.threads import Threads
-from app.security import Caller, callers
+from app.tokens import Caller, callers
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:

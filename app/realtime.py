@@ -1,7 +1,6 @@
-"""Realtime events: routes publish them inside their transaction; each process has one
-hub that fans them out to its WebSockets after the commit. On PostgreSQL they travel as
-NOTIFY, delivered only on commit and in commit order to every process (each holds ONE
-listening connection); on SQLite, one process is all there is: the hub gets them after it."""
+"""Realtime events: routes publish them inside their transaction, and each process's hub
+fans them out to its WebSockets after the commit: as NOTIFY on PostgreSQL (delivered on
+commit, in commit order, to ONE listening connection per process), in process on SQLite."""
 
 import asyncio
 import json
@@ -23,8 +22,8 @@ from app.models.message import MessageOut
 from app.models.thread import ThreadOut
 from app.repositories.messages import Messages
 from app.repositories.threads import Threads
-from app.security import USER_EVENTS, callers
 from app.settings import settings
+from app.tokens import callers
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,6 @@ QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
 CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
-
-
 Data = BaseModel | dict[str, Any]
 
 
@@ -105,8 +102,8 @@ class Connection:
             self.backlog.append((event, message))
             return
         kind = event["type"]
-        if kind == "user.revoked":
-            if event["user_id"] == self.user_id:
+        if kind == "user.changed":
+            if event["revoked"] and event["user_id"] == self.user_id:
                 self.close(CLOSE_BAD_TOKEN)
             return
         thread_id: int = event["thread_id"]
@@ -154,8 +151,7 @@ class Hub:
                 del self.threads[thread_id]
 
     def connect(self, conn: Connection) -> bool:
-        """Register a socket (False: the user has WS_MAX_PER_USER here already); from now
-        on its events are kept until its threads are known."""
+        """Register a socket (False: WS_MAX_PER_USER here already); events wait for it."""
         if len(self.users.get(conn.user_id, ())) >= settings.ws_max_per_user:
             return False
         self.users[conn.user_id].add(conn)
@@ -185,9 +181,7 @@ class Hub:
     def dispatch(self, event: dict[str, Any]) -> None:
         if event["type"] == "mail.queued":  # for this process's mail sender, not sockets
             return sender.wake.set()
-        if event["type"] == "user.changed":  # for the caller cache (see `listen`)
-            return
-        if event["type"] == "user.revoked":
+        if event["type"] == "user.changed":
             message = ""
             targets = set(self.users.get(event["user_id"], ()))
         else:
@@ -213,8 +207,7 @@ class Hub:
                 log.exception("could not dispatch %s", event.get("type"))
 
     def receive(self, payload: str) -> None:
-        event = json.loads(payload)
-        if event["type"] in USER_EVENTS:  # at once, not after the events queued before it
+        if (event := json.loads(payload))["type"] == "user.changed":  # at once, not in turn
             callers.forget(event["user_id"])
         self.incoming.put_nowait(event)
 

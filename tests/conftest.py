@@ -21,8 +21,8 @@ from sqlmodel import SQLModel  # noqa: E402
 
 from app.db import engine, migrate_to_head  # noqa: E402
 from app.main import app  # noqa: E402
-from app.security import callers  # noqa: E402
 from app.settings import settings  # noqa: E402
+from app.tokens import callers  # noqa: E402
 from tests.helpers import PASSWORD, MakeUser, User, free_port, login, set_scopes  # noqa: E402
 
 _ids = count(1)

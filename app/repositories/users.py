@@ -78,17 +78,18 @@ class Users(Repository[UserRow]):
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
     async def update(self, id: int, **values: Any) -> UserRow | None:
-        """Every change of a user says so: processes forget what they remember of it."""
-        publish(self.conn, {"type": "user.changed", "user_id": id})
+        """Every change of a user says so: processes forget what they remember of it, and
+        a revocation closes the user's sockets."""
+        revoked = "token_version" in values
+        publish(self.conn, {"type": "user.changed", "user_id": id, "revoked": revoked})
         return await super().update(id, **values)
 
     async def change(self, user: UserRow, **values: Any) -> UserRow:
         """Update a user; losing the right to log in (deactivation, deletion, a new
-        password) revokes every token in SQL, and closes the user's sockets."""
+        password) revokes every token in SQL."""
         revoke = values.pop("revoke", False) or values.get("is_active") is False
         if revoke or values.get("deleted"):
             values["token_version"] = users.c.token_version + 1
-            publish(self.conn, {"type": "user.revoked", "user_id": user.id})
         changed = await self.update(user.id, **values)
         if changed is None:  # deleted a moment ago
             raise NotFound("User not found")
@@ -140,7 +141,7 @@ class Users(Repository[UserRow]):
         stmt = update(sessions).where(sessions.c.id == sid).returning(sessions.c.user_id)
         ended = await self.conn.execute(stmt.values(deleted=True, updated_at=utcnow()))
         for user_id in ended.scalars():
-            publish(self.conn, {"type": "user.changed", "user_id": user_id})
+            publish(self.conn, {"type": "user.changed", "user_id": user_id, "revoked": False})
 
     async def count_attempt(self, key: str, window: timedelta) -> tuple[int, datetime]:
         """Count an attempt for `key` in one statement: (attempts in the window, its start)."""

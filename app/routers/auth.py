@@ -11,18 +11,15 @@ from app.repositories.mail import Outbox, Tokens
 from app.repositories.users import Users
 from app.routers import errors
 from app.security import (
-    TokenPair,
     count_attempt,
-    decode_token,
     hash_password,
     limited,
     normalise_email,
-    refresh_session,
-    start_session,
     succeeded,
     verify_password,
 )
 from app.settings import settings
+from app.tokens import TokenPair, decode_token, refresh_session, start_session
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=errors(400, 413, 503))
 

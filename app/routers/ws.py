@@ -1,7 +1,7 @@
 from fastapi import APIRouter, WebSocket
 
 from app.realtime import CLOSE_BAD_TOKEN, serve
-from app.security import callers
+from app.tokens import callers
 
 router = APIRouter(tags=["realtime"])
 
