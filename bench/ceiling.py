@@ -5,7 +5,7 @@ Per request it does what the app must do, and nothing more: verify the HS256 bea
 (signature, alg, exp, type; stdlib hmac instead of python-jose), load the user row and check
 is_active, token_version and the "regular" scope (app/security.py), run the app's own SQL
 (below) on prepared statements, and answer the same JSON, reactions included. It loads the
-user row on every request: the app remembers it per process (app.security.Callers, kept
+user row on every request: the app remembers it per process (app.tokens.Callers, kept
 right by LISTEN), which a plain asyncpg app does not have. What it leaves out: bench/README.md.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 .venv/bin/python bench/ceiling.py
