@@ -19,33 +19,25 @@ from app.settings import settings
 
 Event = dict[str, Any]
 
-
-def _connect_args() -> dict[str, Any]:
-    if settings.is_sqlite:
-        return {"timeout": 30}
-    args: dict[str, Any] = {"timeout": 5}  # a database that is away answers 503 soon
+if settings.is_sqlite:
+    engine_args: dict[str, Any] = {"connect_args": {"timeout": 30}}
+else:
+    engine_args = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout,
+        "connect_args": {"timeout": 5},  # a database that is away answers 503 soon
+    }
     if settings.behind_pooler:  # PgBouncer in transaction mode: no named statements kept
-        args |= {
+        engine_args["connect_args"] |= {
             "statement_cache_size": 0,
             "prepared_statement_cache_size": 0,
             "prepared_statement_name_func": lambda: f"__asyncpg_{uuid4()}__",
         }
-    return args
-
-
 engine = create_async_engine(
     settings.async_database_url,
     hide_parameters=True,  # errors and logs never show values: they may be password hashes
-    connect_args=_connect_args(),
-    **(
-        {}
-        if settings.is_sqlite
-        else {
-            "pool_size": settings.db_pool_size,
-            "max_overflow": settings.db_max_overflow,
-            "pool_timeout": settings.db_pool_timeout,
-        }
-    ),
+    **engine_args,
 )
 
 if settings.is_sqlite:
@@ -79,7 +71,8 @@ READ_OPTIONS: dict[str, Any] = (
 WRITE_OPTIONS: dict[str, Any] = (
     {"read_only": False} if settings.is_sqlite else {"isolation_level": "READ COMMITTED"}
 )
-read_engine = engine.execution_options(**READ_OPTIONS)
+# A pooled connection for reads (`async with connect() as conn`).
+connect = engine.execution_options(**READ_OPTIONS).connect
 
 # Registered by app.realtime: before_commit runs inside the transaction (PostgreSQL's
 # NOTIFY), after_commit once it is committed (SQLite's in-process delivery).
@@ -90,13 +83,6 @@ after_commit: list[Callable[[list[Event]], None]] = []
 def publish(conn: AsyncConnection, event: Event) -> None:
     """Queue an event on the connection's transaction; it goes out only if that commits."""
     conn.info["events"].append(event)
-
-
-@asynccontextmanager
-async def connect() -> AsyncIterator[AsyncConnection]:
-    """A pooled connection for reads."""
-    async with read_engine.connect() as conn:
-        yield conn
 
 
 @asynccontextmanager

@@ -28,13 +28,13 @@ log = logging.getLogger("app.access")
 API = "/api"  # where every route of the contract lives
 MAX_BODY_SIZE = 1024 * 1024
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-JSON_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"cache-control", b"no-store"),
-]
-API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+JSON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class RequestLog:
@@ -61,18 +61,18 @@ class RequestLog:
                 code = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers.append("X-Request-ID", request_id)
-                for name, value in JSON_HEADERS:
-                    headers.setdefault(name.decode(), value.decode())
+                for name, value in JSON_HEADERS.items():
+                    headers.setdefault(name, value)
                 if scope["path"].startswith(API + "/"):  # the docs pages need their scripts
-                    headers.setdefault(API_CSP[0].decode(), API_CSP[1].decode())
+                    headers.setdefault("Content-Security-Policy", API_CSP)
             elif message["type"] == "websocket.accept":
                 code = 101
             await send(message)
 
+        length = headers.get(b"content-length", b"0")
         try:
-            if headers.get(b"content-length", b"0").isdigit() and (
-                int(headers.get(b"content-length", b"0")) > MAX_BODY_SIZE
-            ):  # refused before it is read; streamed bodies are counted by FastAPI
+            # Refused before it is read; streamed bodies are counted by FastAPI.
+            if length.isdigit() and int(length) > MAX_BODY_SIZE:
                 too_large = JSONResponse({"detail": "Content Too Large"}, status_code=413)
                 await too_large(scope, receive, send_with_headers)
             else:
@@ -98,11 +98,7 @@ class RequestLog:
 
 
 def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": str(retry)},
-    )
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
 
 class Capacity:
@@ -132,7 +128,6 @@ class Capacity:
 
 
 def install(app: FastAPI) -> None:
-    """The middleware and error handlers of the app."""
     app.add_middleware(Capacity)
     app.add_middleware(RequestLog)
 

@@ -107,13 +107,9 @@ def async_url(url: str) -> str:
     return url
 
 
-def _load() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # One line that says what to fix, not a traceback.
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise SystemExit(f"Refusing to start: {reasons}") from None
-
-
-settings = _load()
+try:
+    settings = Settings()
+except ValidationError as exc:
+    # One line that says what to fix, not a traceback.
+    reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    raise SystemExit(f"Refusing to start: {reasons}") from None

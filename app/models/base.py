@@ -6,7 +6,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from annotated_types import Ge, Le
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
-from sqlalchemy import DateTime, Dialect, Table, false
+from sqlalchemy import DateTime, Dialect, Index, Table, false, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -63,6 +63,12 @@ class Base(SQLModel):
     deleted: bool = Field(
         default=False, nullable=False, sa_column_kwargs={"server_default": false()}
     )
+
+
+def unique_live(name: str, *columns: str) -> Index:
+    """Unique among live rows only: what a deleted row held may be taken again."""
+    live = text("NOT deleted")
+    return Index(name, *columns, unique=True, sqlite_where=live, postgresql_where=live)
 
 
 def table(model: type[SQLModel]) -> Table:

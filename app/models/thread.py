@@ -1,11 +1,10 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Strict
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
-from app.models.base import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, body_config
+from app.models.base import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, body_config, unique_live
 from app.models.user import UserPublic
 
 Title = Annotated[str, NoNul, Field(max_length=200, schema_extra={"examples": ["Weekend plans"]})]
@@ -29,14 +28,7 @@ class Membership(Base, table=True):
     last_read_message_id: int = 0
 
     __table_args__ = (
-        Index(
-            "uq_membership_thread_user_live",
-            "thread_id",
-            "user_id",
-            unique=True,
-            sqlite_where=text("NOT deleted"),
-            postgresql_where=text("NOT deleted"),
-        ),
+        unique_live("uq_membership_thread_user_live", "thread_id", "user_id"),
         # The caller's threads.
         Index("ix_membership_user_id_live", "user_id", postgresql_where=text("NOT deleted")),
     )
@@ -82,4 +74,4 @@ class MemberAdd(SQLModel):
 class ReadMarker(SQLModel):
     model_config = body_config({"message_id": 42})
 
-    message_id: Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
+    message_id: int = Field(ge=0, le=MAX_ID)

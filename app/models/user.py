@@ -2,10 +2,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, EmailStr
-from sqlalchemy import JSON, Index, false, text
+from sqlalchemy import JSON, false
 from sqlmodel import Field, SQLModel
 
-from app.models.base import Base, NoNul, Patch, RowOut, UTCDateTime, body_config
+from app.models.base import Base, NoNul, Patch, RowOut, UTCDateTime, body_config, unique_live
 
 SCOPES = {
     "regular": "Every active user: own profile, threads and messages.",
@@ -36,16 +36,8 @@ class User(UserBase, Base, table=True):
     # Part of every token; bumping it revokes all tokens issued before.
     token_version: int = 0
 
-    __table_args__ = (
-        # A deleted user's email can register again.
-        Index(
-            "uq_user_email_live",
-            "email",
-            unique=True,
-            sqlite_where=text("NOT deleted"),
-            postgresql_where=text("NOT deleted"),
-        ),
-    )
+    # A deleted user's email can register again.
+    __table_args__ = (unique_live("uq_user_email_live", "email"),)
 
 
 class AuthSession(Base, table=True):

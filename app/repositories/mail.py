@@ -50,7 +50,7 @@ class Outbox(Repository[MailRow]):
             .values(next_attempt_at=now + lease, attempts=mails.c.attempts + 1, updated_at=now)
             .returning(*mails.c)
         )
-        return [self.load(r) for r in await self.conn.execute(stmt)]
+        return await self.all(stmt)
 
     async def done(self, ids: list[int]) -> None:
         now = utcnow()

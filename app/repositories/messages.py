@@ -19,14 +19,7 @@ from sqlalchemy.dialects import postgresql
 
 from app.errors import Conflict, Forbidden, NotFound
 from app.models.base import Page, UTCDateTime, table, utcnow
-from app.models.message import (
-    ChangesPage,
-    Message,
-    MessageChange,
-    MessageOut,
-    MessagePage,
-    words,
-)
+from app.models.message import ChangesPage, Message, MessageChange, MessageOut, MessagePage, words
 from app.models.thread import Membership, Thread
 from app.repositories.base import Keyset, Repository, encode_cursor, live, upsert
 from app.repositories.reactions import Reactions
@@ -35,17 +28,16 @@ from app.settings import settings
 
 messages, memberships, threads = table(Message), table(Membership), table(Thread)
 columns = [c for c in messages.c if c.name != "deleted"]
-in_thread = (messages.c.thread_id == bindparam("thread_id"), live(messages))
+of_thread = messages.c.thread_id == bindparam("thread_id")
 # History pages order by (thread_id, id), the one index that fits every page shape. On
 # PostgreSQL the thread is named as `= ANY(ARRAY[:id])`: with a plain `=` the planner drops
 # the known thread_id from the order and may walk the primary key backwards instead,
 # filtering out every newer message of other threads (10 ms for a quiet big thread).
 this_thread = (
-    messages.c.thread_id == bindparam("thread_id")
+    of_thread
     if settings.is_sqlite
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
-newest_first_in_thread = (messages.c.thread_id.desc(), messages.c.id.desc())
 # The full-text index of each database (see the reactions_and_search migration).
 matches: ColumnElement[bool]
 newest_first: ColumnElement[int] = messages.c.id
@@ -55,9 +47,8 @@ if settings.is_sqlite:
         select(fts.c.rowid).where(literal_column("message_fts").op("MATCH")(bindparam("q")))
     )
 else:
-    simple: ColumnElement[Any] = literal_column(
-        "'simple'::regconfig"
-    )  # a literal: the index's very expression
+    # A literal, not a parameter: the index's very expression.
+    simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
     matches = func.to_tsvector(simple, messages.c.body).op("@@")(
         func.plainto_tsquery(simple, bindparam("q"))
     )
@@ -86,24 +77,17 @@ class Messages(Repository[MessageOut]):
         .returning(*columns)
     )
     _by_client_id = select(*columns, messages.c.deleted).where(
-        messages.c.thread_id == bindparam("thread_id"),
+        of_thread,
         messages.c.author_id == bindparam("author_id"),
         messages.c.client_id == bindparam("client_id"),
     )
-    _newest = (
-        select(*columns)
-        .where(this_thread, live(messages))
-        .order_by(*newest_first_in_thread)
-        .limit(bindparam("limit"))
-    )
+    _history = select(*columns).where(this_thread, live(messages)).limit(bindparam("limit"))
+    _newest = _history.order_by(messages.c.thread_id.desc(), messages.c.id.desc())
     _before = _newest.where(messages.c.id < bindparam("id"))
-    _after = (
-        select(*columns)
-        .where(this_thread, live(messages), messages.c.id > bindparam("id"))
-        .order_by(messages.c.thread_id, messages.c.id)
-        .limit(bindparam("limit"))
+    _after = _history.where(messages.c.id > bindparam("id")).order_by(
+        messages.c.thread_id, messages.c.id
     )
-    _one = select(*columns).where(*in_thread, messages.c.id == bindparam("id"))
+    _one = select(*columns).where(of_thread, live(messages), messages.c.id == bindparam("id"))
     _search = select(*columns).where(
         live(messages),
         matches,
@@ -114,11 +98,11 @@ class Messages(Repository[MessageOut]):
         ),
     )
     _found = Keyset(_search, [newest_first], descending=True)
-    _found_in = Keyset(_search.where(in_thread[0]), [newest_first], descending=True)
+    _found_in = Keyset(_search.where(of_thread), [newest_first], descending=True)
     _changes = (
         select(*columns, messages.c.deleted)
         .where(
-            messages.c.thread_id == bindparam("thread_id"),
+            of_thread,
             messages.c.version > bindparam("since"),
             messages.c.version <= bindparam("upto"),
         )
@@ -160,7 +144,7 @@ class Messages(Repository[MessageOut]):
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
         params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
         stmt = self._after if after is not None else self._before if before else self._newest
-        rows = self.load_all(await self.conn.execute(stmt, params))
+        rows = await self.all(stmt, **params)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
         items = await Reactions(self.conn).of(page, user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)
@@ -168,11 +152,15 @@ class Messages(Repository[MessageOut]):
     async def exists_in(self, thread_id: int, message_id: int) -> bool:
         return await self.first(self._one, thread_id=thread_id, id=message_id) is not None
 
-    async def edit(self, thread_id: int, message_id: int, user_id: int, body: str) -> MessageOut:
-        thread = await Threads(self.conn).bump(thread_id, user_id)  # members only, in turn
+    async def _message(self, thread_id: int, message_id: int) -> MessageOut:
         message = await self.first(self._one, thread_id=thread_id, id=message_id)
         if message is None:
             raise NotFound("Message not found")
+        return message
+
+    async def edit(self, thread_id: int, message_id: int, user_id: int, body: str) -> MessageOut:
+        thread = await Threads(self.conn).bump(thread_id, user_id)  # members only, in turn
+        message = await self._message(thread_id, message_id)
         if message.author_id != user_id:
             raise Forbidden("Only the author may edit a message")
         edited = await self._change(
@@ -187,9 +175,7 @@ class Messages(Repository[MessageOut]):
         Only a change counts as one; the thread's lock is taken first all the same, so the
         cap on different emoji sees every concurrent reaction."""
         await Threads(self.conn).bump(thread_id, user_id, step=0)
-        message = await self.first(self._one, thread_id=thread_id, id=message_id)
-        if message is None:
-            raise NotFound("Message not found")
+        message = await self._message(thread_id, message_id)
         rows = Reactions(self.conn)
         changed = await (rows.add if add else rows.remove)(message_id, user_id, emoji)
         if changed:
@@ -202,9 +188,7 @@ class Messages(Repository[MessageOut]):
     ) -> MessageOut:
         """Soft-delete; the author, the thread's owner or an admin may."""
         thread = await Threads(self.conn).bump(thread_id, user_id)
-        message = await self.first(self._one, thread_id=thread_id, id=message_id)
-        if message is None:
-            raise NotFound("Message not found")
+        message = await self._message(thread_id, message_id)
         if user_id not in (message.author_id, thread.owner_id) and not admin:
             raise Forbidden("You may not delete this message")
         gone = await self._change(message_id, deleted=True, version=thread.version)

@@ -10,9 +10,7 @@ from app.repositories.messages import Messages
 from app.routers import errors, invalid
 
 router = APIRouter(
-    prefix="/threads/{thread_id}",
-    tags=["messages"],
-    responses=errors(400, 401, 403, 404, 413),
+    prefix="/threads/{thread_id}", tags=["messages"], responses=errors(400, 401, 403, 404, 413)
 )
 
 
@@ -50,7 +48,7 @@ async def list_messages(
     user: CurrentUser,
     thread: MemberThread,
     limit: Limit = 50,
-    before: Annotated[Id | None, Query()] = None,
+    before: Id | None = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> MessagePage:
     if before is not None and after is not None:

@@ -131,5 +131,4 @@ async def mark_read(user: CurrentUser, db: WriteDb, thread: MemberThread, body: 
     if body.message_id and not await Messages(db).exists_in(thread.id, body.message_id):
         raise invalid("message_id", "No such message in this thread")
     if await Threads(db).mark_read(thread.id, user.id, body.message_id):
-        data = {"user_id": user.id, "message_id": body.message_id}
-        publish(db, "thread.read", thread.id, data)
+        publish(db, "thread.read", thread.id, {"user_id": user.id, "message_id": body.message_id})

@@ -4,15 +4,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import begin
-from app.deps import (
-    AdminUser,
-    ClientAddress,
-    CurrentUser,
-    IdCursor,
-    Limit,
-    ReadDb,
-    WriteDb,
-)
+from app.deps import AdminUser, ClientAddress, CurrentUser, IdCursor, Limit, ReadDb, WriteDb
 from app.models.base import Id, Page
 from app.models.user import Email, UserPrivate, UserPublic, UserRow, UserUpdate, UserUpdateMe
 from app.realtime import publish
