@@ -12,7 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from fastapi.concurrency import run_in_threadpool
 from passlib.context import CryptContext
 
-from app.db import begin
+from app.db import begin, connect
 from app.errors import Conflict, TooManyAttempts, Unavailable
 from app.models.base import utcnow
 from app.models.user import SCOPES
@@ -116,9 +116,8 @@ async def ensure_first_superuser() -> None:
     email, password = settings.first_superuser_email, settings.first_superuser_password
     if not (email and password and (email := normalise_email(email) or "")):
         return
-    async with begin() as conn:
-        users = Users(conn)
-        user = await users.by_email(email)
+    async with connect() as conn:
+        user = await Users(conn).by_email(email)
     if user is not None:
         ok, _ = await verify_password(password, user.hashed_password)
         if not ok:

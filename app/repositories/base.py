@@ -139,10 +139,6 @@ class Repository(Generic[R]):
             raise Conflict(self.conflict) from exc
         return None if row is None else self.load(row)
 
-    async def delete(self, id: int) -> bool:
-        """Soft-delete a live row; False if there was none."""
-        return await self.update(id, deleted=True) is not None
-
     conflict = "Conflicts with existing data"
 
 

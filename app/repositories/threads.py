@@ -20,15 +20,12 @@ threads, memberships, messages, users = (
     table(Message),
     table(User),
 )
-Event = tuple[str, int, int, Any]  # type, thread id, version, data
+Event = tuple[str, int, Any, int]  # publish()'s arguments: type, thread id, data, version
 
 
 def is_member(thread_id: Any, user_id: Any) -> Any:
-    return exists().where(
-        memberships.c.thread_id == thread_id,
-        memberships.c.user_id == user_id,
-        live(memberships),
-    )
+    of = memberships.c
+    return exists().where(of.thread_id == thread_id, of.user_id == user_id, live(memberships))
 
 
 # Messages after the caller's read marker, by others, not deleted: correlated to the outer
@@ -190,18 +187,16 @@ class Threads(Repository[ThreadRow]):
         await self.conn.execute(
             update(memberships).where(memberships.c.id == leaving.id).values(deleted=True)
         )
-        events: list[Event] = [("member.removed", thread_id, thread.version, {"user_id": user_id})]
+        events: list[Event] = [("member.removed", thread_id, {"user_id": user_id}, thread.version)]
         remaining = [m for m in members if m is not leaving]
-        if not remaining:
-            await self.update(thread_id, deleted=True)
-            events.append(
-                ("thread.deleted", thread_id, thread.version, await self.view(thread_id, by))
-            )
-        elif thread.owner_id == user_id:
+        if remaining and thread.owner_id != user_id:
+            return events
+        if remaining:  # the owner left: the member who joined earliest takes over
             await self.update(thread_id, owner_id=remaining[0].user_id)
-            events.append(
-                ("thread.updated", thread_id, thread.version, await self.view(thread_id, by))
-            )
+        else:  # the last one out: the thread goes with them
+            await self.update(thread_id, deleted=True)
+        kind = "thread.updated" if remaining else "thread.deleted"
+        events.append((kind, thread_id, await self.view(thread_id, by), thread.version))
         return events
 
     # Forward only, in one statement, so concurrent requests cannot move it back.

@@ -3,18 +3,7 @@
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    String,
-    bindparam,
-    case,
-    cast,
-    delete,
-    literal,
-    or_,
-    select,
-    true,
-    update,
-)
+from sqlalchemy import String, bindparam, case, cast, delete, literal, or_, select, true, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import publish

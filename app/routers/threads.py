@@ -116,8 +116,8 @@ async def add_member(
     "leaves, the member who joined earliest becomes owner; a thread left empty is deleted.",
 )
 async def remove_member(user: CurrentUser, db: WriteDb, thread_id: Id, user_id: Id) -> None:
-    for kind, tid, version, data in await Threads(db).leave(thread_id, user_id, user.id):
-        publish(db, kind, tid, data, version)
+    for event in await Threads(db).leave(thread_id, user_id, user.id):
+        publish(db, *event)
 
 
 @router.post(

@@ -58,8 +58,8 @@ async def delete_account(db: AsyncConnection, user: UserRow) -> None:
     by a deleted user."""
     threads = Threads(db)
     for thread_id in await threads.ids_of(user.id):
-        for kind, tid, version, data in await threads.leave(thread_id, user.id, user.id):
-            publish(db, kind, tid, data, version)
+        for event in await threads.leave(thread_id, user.id, user.id):
+            publish(db, *event)
     await Users(db).change(user, deleted=True)
 
 
