@@ -106,7 +106,7 @@ class Repository(Generic[R]):
     def load_all(self, rows: Result[Any]) -> list[R]:
         """The rows of one result, its keys read once: a third cheaper than `load` each."""
         keys, make = tuple(rows.keys()), self.row.model_construct
-        return [make(**dict(zip(keys, row, strict=True))) for row in rows]  # type: ignore[misc]
+        return [make(**dict(zip(keys, row, strict=True))) for row in rows.all()]  # type: ignore[misc]
 
     async def all(self, stmt: Any, **params: Any) -> list[R]:
         return self.load_all(await self.conn.execute(stmt, params))
@@ -164,7 +164,7 @@ class Keyset:
         params["limit"] = limit + 1
         if after is not None:
             params |= dict(zip(self.keys, after, strict=True))
-        rows = list(await conn.execute(self.first if after is None else self.after, params))
+        rows = (await conn.execute(self.first if after is None else self.after, params)).all()
         return rows[:limit], len(rows) > limit
 
 

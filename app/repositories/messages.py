@@ -212,7 +212,7 @@ class Messages(Repository[MessageOut]):
         """Messages changed after version `since`, up to `upto` (the thread's version read
         before: a change committed meanwhile waits for the next call), oldest change first."""
         params = {"thread_id": thread_id, "since": since, "upto": upto, "limit": limit + 1}
-        rows = list(await self.conn.execute(self._changes, params))
+        rows = (await self.conn.execute(self._changes, params)).all()
         items = [
             MessageChange.model_construct(**{**r._mapping, "body": "" if r.deleted else r.body})
             for r in rows[:limit]

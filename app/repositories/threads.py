@@ -59,6 +59,7 @@ class Threads(Repository[ThreadRow]):
         .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
     )
     _one = _mine.where(threads.c.id == bindparam("id"))
+    _as_seen = select(*columns).where(threads.c.id == bindparam("id"))  # deleted too
     _members = (
         select(memberships.c.thread_id, users.c.id, users.c.full_name)
         .join(users, users.c.id == memberships.c.user_id)
@@ -121,9 +122,9 @@ class Threads(Repository[ThreadRow]):
         return views
 
     async def view(self, thread_id: int, user_id: int) -> ThreadOut:
-        rows = list(await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id}))
+        rows = (await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id})).all()
         if not rows:  # not the caller's (left it): as others see it
-            rows = list(await self.conn.execute(select(*columns).where(threads.c.id == thread_id)))
+            rows = (await self.conn.execute(self._as_seen, {"id": thread_id})).all()
         return (await self.views(rows))[0]
 
     _pages = Keyset(_mine, [activity, threads.c.id], descending=True)
@@ -180,7 +181,7 @@ class Threads(Repository[ThreadRow]):
             .where(memberships.c.thread_id == thread_id, live(memberships))
             .order_by(memberships.c.created_at, memberships.c.id)
         )
-        members = list(await self.conn.execute(stmt))
+        members = (await self.conn.execute(stmt)).all()
         leaving = next((m for m in members if m.user_id == user_id), None)
         if leaving is None:
             raise NotFound("Not a member of this thread")
