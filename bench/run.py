@@ -1,6 +1,6 @@
 """Load harness: the app on PostgreSQL against a raw-asyncpg ceiling, driven by wrk.
 
-    .venv/bin/python bench/run.py            # the full run (~45 min, 30 of them the 1M soak)
+    .venv/bin/python bench/run.py            # the full run (~17 min, 3 of them the 1M soak)
     .venv/bin/python bench/run.py --quick    # smoke test on small data (~2 min)
 
 What it does, the options and the last results: bench/README.md.
