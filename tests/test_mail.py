@@ -148,6 +148,27 @@ async def test_verification_required_blocks_login_until_verified(
     assert (await login(client, "strict@example.com")).status_code == 200
 
 
+async def test_a_reset_verifies_the_email_it_was_mailed_to(
+    client: httpx.AsyncClient, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way back in for a user whose verification mail was lost, when verification is
+    required: they cannot log in to ask for another, but a reset mail proves the address."""
+    monkeypatch.setattr(settings, "email_verification_required", True)
+    await signup(client, "lost@example.com")
+    await inbox.wait("lost@example.com")  # the verification mail, never opened
+    assert (await login(client, "lost@example.com")).status_code == 403
+    await client.post("/api/auth/password-reset", json={"email": "lost@example.com"})
+    token = token_of(await inbox.wait("lost@example.com", 2))
+    new = {"token": token, "password": "a brand new passphrase"}
+    assert (await client.post("/api/auth/password-reset/confirm", json=new)).status_code == 204
+    r = await login(client, "lost@example.com", new["password"])
+    assert r.status_code == 200, r.text
+    me = await client.get(
+        "/api/users/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"}
+    )
+    assert me.json()["email_verified"] is True
+
+
 async def test_password_reset_flow(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
 ) -> None:

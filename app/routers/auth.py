@@ -165,17 +165,21 @@ async def request_reset(body: ResetRequest, address: ClientAddress) -> dict[str,
     "/password-reset/confirm",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set a new password with a reset token",
-    description="Revokes every earlier token of the user. A token works once, only the "
-    "newest one requested, until PASSWORD_RESET_EXPIRE_MINUTES.",
+    description="Revokes every earlier token of the user, and verifies the email the token "
+    "was mailed to. A token works once, only the newest one requested, until "
+    "PASSWORD_RESET_EXPIRE_MINUTES.",
 )
 async def confirm_reset(body: ResetConfirm) -> None:
     hashed = await hash_password(body.password)
     async with begin() as db:
         token = await Tokens(db).redeem("reset", body.token)
         user = None if token is None else await Users(db).get(token.user_id)
-        if user is None or not user.is_active:
+        if token is None or user is None or not user.is_active:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, BAD_TOKEN)
-        await Users(db).change(user, hashed_password=hashed, revoke=True)
+        # The token came by mail to this address: that verifies it, so a user whose
+        # verification mail was lost is not locked out under EMAIL_VERIFICATION_REQUIRED.
+        verified = user.email_verified or token.email == user.email
+        await Users(db).change(user, hashed_password=hashed, revoke=True, email_verified=verified)
 
 
 @router.post(

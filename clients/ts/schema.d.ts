@@ -112,7 +112,7 @@ export interface paths {
         put?: never;
         /**
          * Set a new password with a reset token
-         * @description Revokes every earlier token of the user. A token works once, only the newest one requested, until PASSWORD_RESET_EXPIRE_MINUTES.
+         * @description Revokes every earlier token of the user, and verifies the email the token was mailed to. A token works once, only the newest one requested, until PASSWORD_RESET_EXPIRE_MINUTES.
          */
         post: operations["auth-confirm_reset"];
         delete?: never;
