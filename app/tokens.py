@@ -3,6 +3,7 @@ a per-process memory of the callers that tokens name."""
 
 import secrets
 import time
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -124,11 +125,8 @@ class Callers:
         if hit and self.enabled and time.monotonic() - hit[0] < self.CACHE_SECONDS:
             return hit[1]
         generation = self.generation
-        if conn is None:
-            async with db.connect() as own:
-                user = await Users(own).for_token(claims.sub, claims.sid)
-        else:
-            user = await Users(conn).for_token(claims.sub, claims.sid)
+        async with nullcontext(conn) if conn is not None else db.connect() as lookup:
+            user = await Users(lookup).for_token(claims.sub, claims.sid)
         if user is None or user.token_version != claims.ver:
             return None
         granted = frozenset(claims.scopes) & frozenset(user.scopes)  # scopes taken since count

@@ -14,12 +14,8 @@ from app.models.thread import Member, Membership, Thread, ThreadOut, ThreadRow
 from app.models.user import User, UserPublic
 from app.repositories.base import Keyset, Repository, encode_cursor, in_ids, live, upsert
 
-threads, memberships, messages, users = (
-    table(Thread),
-    table(Membership),
-    table(Message),
-    table(User),
-)
+threads, memberships = table(Thread), table(Membership)
+messages, users = table(Message), table(User)
 Event = tuple[str, int, Any, int]  # publish()'s arguments: type, thread id, data, version
 
 
