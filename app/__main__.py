@@ -4,8 +4,9 @@ import logging
 
 import uvicorn
 
-from app.middleware import JsonFormatter, redact_server_logs
-from app.settings import settings
+from app.core.http import WEBSOCKET_OPTIONS
+from app.core.logs import JsonFormatter, redact_server_logs
+from app.core.settings import settings
 
 if __name__ == "__main__":
     handler = logging.StreamHandler()
@@ -29,7 +30,6 @@ if __name__ == "__main__":
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips or "",
         log_config=None,  # the root logger above formats uvicorn's lines too
-        access_log=False,  # ours (app.middleware.RequestLog) leaves the query string out
-        ws_ping_interval=20,  # heartbeats, so dead sockets are dropped
-        ws_ping_timeout=20,
+        access_log=False,  # ours (app.core.http.RequestLog) leaves the query string out
+        **WEBSOCKET_OPTIONS,
     )

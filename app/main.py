@@ -1,9 +1,11 @@
-"""The app, assembled: routers under /api, middleware, and what runs at start and stop."""
+"""The app, assembled from its features: each hands over its routes, what it subscribes to,
+its background jobs, and what runs at start and stop. To remove the messenger example,
+delete app/messenger/ and its line in FEATURES."""
 
 import asyncio
 import gc
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,32 +14,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from app import metrics, middleware
-from app.db import engine, migrate_to_head
-from app.mail import sender
-from app.realtime import hub
-from app.routers import auth, health, messages, search, threads, users, ws
-from app.security import ensure_first_superuser
-from app.settings import settings
+from app.core import http, metrics
+from app.core.accounts.feature import accounts
+from app.core.db import engine, migrate_to_head
+from app.core.events import bus
+from app.core.feature import Feature, core
+from app.core.jobs import runner
+from app.core.logs import redact_server_logs
+from app.core.settings import settings
+from app.messenger.feature import messenger
 
-
-@asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    if settings.is_sqlite:  # the embedded default needs no setup step
-        await asyncio.to_thread(migrate_to_head)
-    await ensure_first_superuser()
-    await hub.start()
-    await sender.start()
-    # What start-up made lives as long as the process: no collection walks it again. And a
-    # request allocates thousands of objects (rows, models) that refcounting frees: look
-    # for cycles among young ones every 20,000 allocations, not every 700.
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
-    yield
-    await sender.stop()
-    await hub.stop()
-    await engine.dispose()
-
+FEATURES: Sequence[Feature] = [core, accounts, messenger]
 
 TAGS = [
     {"name": "auth", "description": "Sign up, log in (OAuth2 password flow), refresh, log out."},
@@ -62,38 +49,71 @@ def operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-# Swagger UI and ReDoc are served from the app itself (the fastapi-offline package ships
-# their files), so the docs work without a CDN: offline, behind a strict proxy.
-app = FastAPIOffline(
-    title="FastAPI Boilerplate",
-    description=(Path(__file__).parent / "description.md").read_text(),
-    version="0.1.0",
-    openapi_tags=TAGS,
-    lifespan=lifespan,
-    generate_unique_id_function=operation_id,
-    swagger_ui_parameters={"validatorUrl": None},  # it would call out to swagger.io
-)
-if settings.cors_origins:
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["*"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Retry-After"],
-    )
-middleware.install(app)
-middleware.redact_server_logs()
+def create_app(features: Sequence[Feature]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.is_sqlite:  # the embedded default needs no setup step
+            await asyncio.to_thread(migrate_to_head)
+        for feature in features:
+            for subscription in feature.subscriptions:
+                bus.add(subscription)
+            runner.jobs.update(feature.jobs)
+            runner.templates.update(feature.mails)
+            runner.chores.extend(feature.chores)
+            for step in feature.startup:
+                await step()
+        services = [s for f in features for s in f.services]
+        await bus.start()
+        for service in services:
+            await service.start()
+        # What start-up made lives as long as the process: no collection walks it again. And
+        # a request allocates thousands of objects (rows, models) that refcounting frees: look
+        # for cycles among young ones every 20,000 allocations, not every 700.
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)
+        yield
+        for service in reversed(services):
+            await service.stop()
+        await bus.stop()
+        bus.clear()
+        runner.jobs.clear()
+        runner.templates.clear()
+        runner.chores.clear()
+        await engine.dispose()
 
-for module in (auth, users, threads, messages, search, ws, health):
-    # The limit also counts bodies sent without a Content-Length (RequestLog refuses the rest).
-    app.include_router(module.router, prefix=middleware.API, max_body_size=middleware.MAX_BODY_SIZE)
-
-if settings.metrics_enabled:
-    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
-    metrics.POOL.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
-    metrics.WEBSOCKETS.set_function(lambda: sum(len(c) for c in hub.users.values()))
-# Error reporting when SENTRY_DSN is set and the `sentry` extra is installed.
-if settings.sentry_dsn and importlib.util.find_spec("sentry_sdk"):
-    importlib.import_module("sentry_sdk").init(
-        dsn=settings.sentry_dsn, environment=settings.environment
+    # Swagger UI and ReDoc are served from the app itself (the fastapi-offline package ships
+    # their files), so the docs work without a CDN: offline, behind a strict proxy.
+    app = FastAPIOffline(
+        title="FastAPI Boilerplate",
+        description=(Path(__file__).parent / "description.md").read_text(),
+        version="0.1.0",
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        swagger_ui_parameters={"validatorUrl": None},  # it would call out to swagger.io
     )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    http.install(app)
+    redact_server_logs()
+    for feature in features:
+        for router in feature.routers:
+            app.include_router(router, prefix=http.API)
+    if settings.metrics_enabled:
+        app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+        metrics.POOL.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
+    # Error reporting when SENTRY_DSN is set and the `sentry` extra is installed.
+    if settings.sentry_dsn and importlib.util.find_spec("sentry_sdk"):
+        importlib.import_module("sentry_sdk").init(
+            dsn=settings.sentry_dsn, environment=settings.environment
+        )
+    return app
+
+
+app = create_app(FEATURES)

@@ -152,7 +152,8 @@ def database(name: str, cwd: Path = ROOT) -> Iterator[str]:
 
 def password_hash(cwd: Path) -> str:
     """One argon2 hash made by the app itself (its settings), shared by every seeded user."""
-    code = f"from app.security import pwd_context; print(pwd_context.hash({PASSWORD!r}))"
+    code = "from app.core.accounts.passwords import pwd_context; "
+    code += f"print(pwd_context.hash({PASSWORD!r}))"
     failure = f"the app does not import from {cwd}"
     return python("-c", code, cwd=cwd, env=app_env("postgres"), failure=failure).strip()
 

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from app.models.base import UTCDateTime
-from app.settings import settings
+import app.main  # noqa: F401  (every feature's tables, on SQLModel.metadata)
+from app.core.models import UTCDateTime
+from app.core.settings import settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

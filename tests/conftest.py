@@ -19,10 +19,11 @@ import pytest  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
-from app.db import engine, migrate_to_head  # noqa: E402
+from app.core.accounts.tokens import callers  # noqa: E402
+from app.core.db import engine, migrate_to_head  # noqa: E402
+from app.core.http import WEBSOCKET_OPTIONS  # noqa: E402
+from app.core.settings import settings  # noqa: E402
 from app.main import app  # noqa: E402
-from app.settings import settings  # noqa: E402
-from app.tokens import callers  # noqa: E402
 from tests.helpers import PASSWORD, MakeUser, User, free_port, login, set_scopes  # noqa: E402
 
 _ids = count(1)
@@ -92,7 +93,14 @@ async def live_server() -> AsyncIterator[str]:
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            **WEBSOCKET_OPTIONS,
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

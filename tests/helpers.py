@@ -213,7 +213,7 @@ async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:
 async def set_scopes(user_id: int, scopes: list[str]) -> None:
     from sqlalchemy import text
 
-    from app.db import engine
+    from app.core.db import engine
 
     async with engine.begin() as conn:
         await conn.execute(
@@ -226,7 +226,7 @@ async def fetch(sql: str, **params: Any) -> list[Any]:
     """Read the database directly, to check what a request stored."""
     from sqlalchemy import text
 
-    from app.db import engine
+    from app.core.db import engine
 
     async with engine.connect() as conn:
         return list((await conn.execute(text(sql), params)).all())
@@ -237,7 +237,7 @@ def count_statements() -> Iterator[list[str]]:
     """The SQL statements sent while the block runs (this process's engine)."""
     from sqlalchemy import event
 
-    from app.db import engine
+    from app.core.db import engine
 
     statements: list[str] = []
 

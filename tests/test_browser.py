@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import PASSWORD, serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from httpx import AsyncClient
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import PASSWORD, MakeUser, bearer, fetch, login, serve
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="processes share PostgreSQL only")

@@ -9,7 +9,7 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import serve
 
 pytestmark = pytest.mark.skipif(settings.is_sqlite, reason="runs with the PostgreSQL suite")

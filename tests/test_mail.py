@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import PASSWORD, ROOT, MakeUser, fetch, free_port, login, serve
 
 FRONTEND = "https://app.example.com"
@@ -117,13 +117,17 @@ async def test_resend_and_email_change(
     assert second != first
     r = await client.post("/api/auth/verify-email", json={"token": first})
     assert r.status_code == 400  # superseded by the resend
-    r = await client.patch("/api/users/me", headers=user.headers, json={"email": "new@example.com"})
-    assert r.status_code == 200 and r.json()["email_verified"] is False
+    change = {"email": "new@example.com", "current_password": PASSWORD}
+    r = await client.patch("/api/users/me", headers=user.headers, json=change)
+    assert r.status_code == 200 and r.json()["pending_email"] == "new@example.com"
     third = token_of(await inbox.wait("new@example.com"))
+    notice = await inbox.wait(user["email"], 3)  # the old address is told
+    assert "new@example.com" in notice and "token" not in notice
     r = await client.post("/api/auth/verify-email", json={"token": second})
-    assert r.status_code == 400  # sent to the old email
+    assert r.status_code == 400  # superseded by the change
     assert (await client.post("/api/auth/verify-email", json={"token": third})).status_code == 204
-    assert (await client.get("/api/users/me", headers=user.headers)).json()["email_verified"]
+    me = (await client.get("/api/users/me", headers=user.headers)).json()
+    assert me["email"] == "new@example.com" and me["email_verified"] and me["pending_email"] is None
 
 
 async def test_verification_token_expires(

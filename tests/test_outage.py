@@ -21,7 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import PASSWORD, ROOT, clean_env, free_port, serve
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))

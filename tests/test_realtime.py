@@ -8,7 +8,7 @@ import pytest
 from httpx import AsyncClient
 from websockets.asyncio.client import connect
 
-from app import realtime
+from app.messenger import realtime
 from tests.helpers import (
     READY,
     MakeUser,
@@ -119,7 +119,7 @@ async def test_expired_token_closes_the_socket(live_server: str, make_user: Make
 
     from jose import jwt
 
-    from app.settings import settings
+    from app.core.settings import settings
 
     user = await make_user()
     exp = datetime.now(UTC) + timedelta(seconds=2)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import (
     assert_silent,
     bearer,

@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import make_url
 from websockets.asyncio.client import connect
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import PASSWORD, close_code, free_port, next_event, serve
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -9,8 +9,8 @@ from typing import Any
 from httpx import AsyncClient
 from sqlalchemy import event
 
-from app.db import engine
-from app.settings import settings
+from app.core.db import engine
+from app.core.settings import settings
 from tests.helpers import MakeUser, User, new_thread, send
 
 SEARCH = "/api/messages/search"

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import ROOT, clean_env, serve
 
 

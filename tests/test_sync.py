@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
-from app.settings import settings
+from app.core.settings import settings
 from tests.helpers import (
     MakeUser,
     User,

@@ -10,6 +10,7 @@ PRIVATE = {
     "scopes",
     "is_active",
     "email_verified",
+    "pending_email",
     "created_at",
     "updated_at",
 }
@@ -22,17 +23,27 @@ async def test_me(client: AsyncClient, make_user: MakeUser) -> None:
     assert set(r.json()) == PRIVATE and r.json()["email"] == user["email"]
 
 
-async def test_update_me_name_and_email(client: AsyncClient, make_user: MakeUser) -> None:
+async def test_update_me_name_at_once_email_only_with_the_password(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
     user = await make_user()
-    r = await client.patch(
-        "/api/users/me",
-        json={"full_name": "New Name", "email": "New@Example.com"},
-        headers=user.headers,
-    )
-    assert r.status_code == 200
-    assert r.json()["full_name"] == "New Name" and r.json()["email"] == "new@example.com"
+    r = await client.patch("/api/users/me", json={"full_name": "New Name"}, headers=user.headers)
+    assert r.status_code == 200 and r.json()["full_name"] == "New Name"
     assert r.json()["updated_at"] > user["updated_at"]
-    assert (await login(client, "new@example.com")).status_code == 200
+    email = {"email": "New@Example.com"}
+    r = await client.patch("/api/users/me", json=email, headers=user.headers)
+    assert r.status_code == 422  # no current_password
+    wrong = {**email, "current_password": "not my password"}
+    assert (
+        await client.patch("/api/users/me", json=wrong, headers=user.headers)
+    ).status_code == 403
+    right = {**email, "current_password": PASSWORD}
+    r = await client.patch("/api/users/me", json=right, headers=user.headers)
+    # Pending until the new address answers: the email, and the login, stay as they were.
+    assert r.status_code == 200 and r.json()["email"] == user["email"]
+    assert r.json()["pending_email"] == "new@example.com"
+    assert (await login(client, user["email"])).status_code == 200
+    assert (await login(client, "new@example.com")).status_code == 401
 
 
 async def test_update_me_cannot_touch_scopes_or_activation(
@@ -50,18 +61,17 @@ async def test_update_me_cannot_touch_scopes_or_activation(
     assert "admin" not in str(scopes)
 
 
-async def test_update_me_taken_email_is_409_and_changes_nothing(
+async def test_a_pending_email_reserves_nothing_and_changes_nothing_else_on_failure(
     client: AsyncClient, make_user: MakeUser
 ) -> None:
     user, other = await make_user(), await make_user()
-    r = await client.patch(
-        "/api/users/me",
-        json={"full_name": "Half Written", "email": other["email"].upper()},
-        headers=user.headers,
-    )
-    assert r.status_code == 409
+    taken = {"email": other["email"].upper(), "current_password": PASSWORD}
+    r = await client.patch("/api/users/me", json=taken, headers=user.headers)
+    assert r.status_code == 200 and r.json()["pending_email"] == other["email"]  # no leak
+    bad = {"full_name": "Half Written", "password": "a new passphrase", "current_password": "x"}
+    assert (await client.patch("/api/users/me", json=bad, headers=user.headers)).status_code == 403
     me = (await client.get("/api/users/me", headers=user.headers)).json()
-    assert me["full_name"] == user["full_name"]  # one transaction: nothing half-written
+    assert me["full_name"] == user["full_name"]  # nothing half-written
 
 
 async def test_change_password(client: AsyncClient, make_user: MakeUser) -> None:

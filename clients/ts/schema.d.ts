@@ -4,6 +4,40 @@
  */
 
 export interface paths {
+    "/api/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The process is serving */
+        get: operations["health-health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/health/ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The database answers */
+        get: operations["health-ready"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/signup": {
         parameters: {
             query?: never;
@@ -13,7 +47,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create an account */
+        /**
+         * Create an account
+         * @description Limited per client address (SIGNUPS_PER_ADDRESS_PER_HOUR): past it, 429.
+         */
         post: operations["auth-signup"];
         delete?: never;
         options?: never;
@@ -52,7 +89,7 @@ export interface paths {
         put?: never;
         /**
          * Trade a refresh token for a new token pair
-         * @description Each refresh token works once. Presenting one again answers 401 and ends its login: every token descending from it stops working.
+         * @description Each refresh token works once. Presenting one again answers 401 and ends its login: every token descending from it stops working, its sockets are closed.
          */
         post: operations["auth-refresh"];
         delete?: never;
@@ -112,7 +149,7 @@ export interface paths {
         put?: never;
         /**
          * Set a new password with a reset token
-         * @description Revokes every earlier token of the user, and verifies the email the token was mailed to. A token works once, only the newest one requested, until PASSWORD_RESET_EXPIRE_MINUTES.
+         * @description Revokes every earlier token of the user, and verifies the email the token was mailed to. A token works once, only the newest one requested, only while the user's password and email stay as they were, until PASSWORD_RESET_EXPIRE_MINUTES.
          */
         post: operations["auth-confirm_reset"];
         delete?: never;
@@ -130,7 +167,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Confirm an email address with the mailed token */
+        /**
+         * Confirm an email address with the mailed token
+         * @description For the account's email, or for a pending email change: the pending address then becomes the email (409 if another account holds it by now).
+         */
         post: operations["auth-verify_email"];
         delete?: never;
         options?: never;
@@ -149,7 +189,7 @@ export interface paths {
         put?: never;
         /**
          * Mail a new verification token
-         * @description 204 and no mail when the email is verified already.
+         * @description 204 and no mail when the email is verified already. Limited to MAILS_PER_USER_PER_HOUR: past it, 429.
          */
         post: operations["auth-resend_verification"];
         delete?: never;
@@ -169,13 +209,16 @@ export interface paths {
         get: operations["users-read_me"];
         put?: never;
         post?: never;
-        /** Delete the caller's account */
+        /**
+         * Delete the caller's account
+         * @description Leaves every thread first. The last active superuser cannot (409).
+         */
         delete: operations["users-delete_me"];
         options?: never;
         head?: never;
         /**
          * Change the caller's name, email or password
-         * @description A new `password` needs the `current_password` (missing: 422, wrong: 403, counted as a failed login) and revokes every token issued before, as logout does.
+         * @description A new `password` or `email` needs the `current_password` (missing: 422, wrong: 403, counted as a failed login). A new password revokes every token issued before, as logout does. A new email is `pending_email` until the token mailed to it is posted to /api/auth/verify-email; the old address is told. Email mail is limited to MAILS_PER_USER_PER_HOUR (429).
          */
         patch: operations["users-update_me"];
         trace?: never;
@@ -220,7 +263,7 @@ export interface paths {
         head?: never;
         /**
          * Change a user (admin)
-         * @description Changing `scopes` needs a superuser token. Deactivating revokes the user's tokens. Nobody deactivates or demotes themselves here (403); the last active superuser stays one (409).
+         * @description Changing `scopes` needs a superuser token, so does changing an admin. Deactivating revokes the user's tokens. A new `email` applies at once, unverified, and is mailed a verification. Nobody deactivates or demotes themselves here (403); the last active superuser stays one (409).
          */
         patch: operations["users-update_user"];
         trace?: never;
@@ -452,44 +495,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/health": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** The process is serving */
-        get: operations["health-health"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/health/ready": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** The database answers */
-        get: operations["health-ready"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** Accepted */
+        Accepted: {
+            /** Detail */
+            detail: string;
+        };
         /** ChangesPage */
         ChangesPage: {
             /** Items */
@@ -724,7 +738,10 @@ export interface components {
          *     }
          */
         ResetConfirm: {
-            /** Token */
+            /**
+             * Token
+             * @description The token from the mail
+             */
             token: string;
             /** Password */
             password: string;
@@ -857,6 +874,8 @@ export interface components {
             is_active: boolean;
             /** Email Verified */
             email_verified: boolean;
+            /** Pending Email */
+            pending_email: string | null;
         };
         /** UserPublic */
         UserPublic: {
@@ -924,7 +943,10 @@ export interface components {
          *     }
          */
         VerifyRequest: {
-            /** Token */
+            /**
+             * Token
+             * @description The token from the mail
+             */
             token: string;
         };
     };
@@ -936,6 +958,57 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    "health-health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
+                };
+            };
+        };
+    };
+    "health-ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
+                };
+            };
+            /** @description The database does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     "auth-signup": {
         parameters: {
             query?: never;
@@ -967,6 +1040,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -976,7 +1058,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -992,6 +1074,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
                 };
             };
             /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
@@ -1054,7 +1145,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1072,7 +1172,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Too many failed attempts; see Retry-After */
+            /** @description A limit was reached; see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1132,7 +1232,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1204,7 +1313,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1243,9 +1361,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: string;
-                    };
+                    "application/json": components["schemas"]["Accepted"];
                 };
             };
             /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
@@ -1257,7 +1373,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1275,7 +1400,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Too many failed attempts; see Retry-After */
+            /** @description A limit was reached; see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1324,7 +1449,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1382,7 +1516,25 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflicts with existing data */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1426,7 +1578,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Accepted"];
                 };
             };
             /** @description Already verified */
@@ -1463,8 +1615,26 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1528,7 +1698,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1582,7 +1761,25 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflicts with existing data */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1642,6 +1839,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -1651,7 +1857,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1669,7 +1875,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description Too many failed attempts; see Retry-After */
+            /** @description A limit was reached; see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1736,7 +1942,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1812,7 +2027,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1886,6 +2110,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -1895,7 +2128,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1975,6 +2208,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -1984,7 +2226,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2056,7 +2298,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2135,7 +2386,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2213,7 +2473,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2289,7 +2558,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2363,7 +2641,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2443,7 +2730,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2519,7 +2815,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2608,7 +2913,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2683,7 +2997,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2761,7 +3084,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2842,7 +3174,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2931,6 +3272,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -2940,7 +3290,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3015,7 +3365,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3096,7 +3455,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3184,6 +3552,15 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflicts with existing data */
             409: {
                 headers: {
@@ -3193,7 +3570,7 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3270,7 +3647,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3350,7 +3736,16 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Request body over 1 MiB */
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3440,57 +3835,6 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
-            };
-        };
-    };
-    "health-health": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: string;
-                    };
-                };
-            };
-        };
-    };
-    "health-ready": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: string;
-                    };
-                };
-            };
-            /** @description The database does not answer */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
         };
     };

@@ -1,0 +1,149 @@
+"""The engine, and the two ways code meets the database: a read connection, and a
+transaction on it that commits before the response goes out (and hands its events to the
+bus: app.core.events)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from app.core.errors import Unavailable
+from app.core.events import Event, bus
+from app.core.settings import settings
+
+if settings.is_sqlite:
+    engine_args: dict[str, Any] = {"connect_args": {"timeout": 30}}
+else:
+    engine_args = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout,
+        "connect_args": {"timeout": 5},  # a database that is away answers 503 soon
+    }
+    if settings.behind_pooler:  # PgBouncer in transaction mode: no named statements kept
+        engine_args["connect_args"] |= {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid4()}__",
+        }
+engine = create_async_engine(
+    settings.async_database_url,
+    hide_parameters=True,  # errors and logs never show values: they may be password hashes
+    **engine_args,
+)
+
+if settings.is_sqlite:
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_connect(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+        conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        # A writer takes the write lock up front: a deferred transaction that writes later
+        # can fail with "database is locked" instead of waiting. Readers never take it.
+        writes = not conn.get_execution_options().get("read_only")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+# Reads need no BEGIN/COMMIT on PostgreSQL: under READ COMMITTED each statement has its
+# own snapshot anyway, so a transaction would only add two round trips to every GET. Not
+# behind a pooler in transaction mode: only a transaction keeps asyncpg's prepare and
+# execute on one server connection there.
+READ_OPTIONS: dict[str, Any] = (
+    {"read_only": True}
+    if settings.is_sqlite
+    else {"isolation_level": "READ COMMITTED" if settings.behind_pooler else "AUTOCOMMIT"}
+)
+WRITE_OPTIONS: dict[str, Any] = (
+    {"read_only": False} if settings.is_sqlite else {"isolation_level": "READ COMMITTED"}
+)
+_reader = engine.execution_options(**READ_OPTIONS)
+
+
+class Turns:
+    """At most MAX_CONCURRENT_REQUESTS connections in use at once, about the pool's size;
+    the rest wait their turn in order, and beyond REQUEST_QUEUE_SIZE waiting, 503 at once.
+    Without it, a burst piles onto the pool's own queue, where some wait for many seconds.
+    Only code that holds a connection takes a turn: a request whose body is still arriving,
+    or that waits for a password hash, holds none."""
+
+    def __init__(self, size: int, queue: int) -> None:
+        self.slots, self.queue, self.waiting = asyncio.Semaphore(size), queue, 0
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        if self.waiting >= self.queue:
+            raise Unavailable("Server busy; try again in a moment")
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+
+turn = Turns(settings.max_concurrent_requests, settings.request_queue_size)
+
+
+@asynccontextmanager
+async def connect(*, queued: bool = True) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection for reads, once it is our turn. `queued=False`: for background
+    work, which is bounded by itself (one batch at a time) and must not wait behind, or
+    crowd out, requests."""
+    async with turn() if queued else nullcontext(), _reader.connect() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """Turn a read connection into one transaction: committed when the block ends, rolled
+    back if it raises."""
+    if conn.in_transaction():  # SQLite's deferred read snapshot
+        await conn.commit()
+    await conn.execution_options(**WRITE_OPTIONS)
+    events: list[Event] = []
+    conn.info["events"] = events
+    try:
+        async with conn.begin():
+            yield conn
+            if events:
+                await bus.before_commit(conn, events)
+    finally:
+        conn.info.pop("events", None)
+    if events:
+        bus.committed(events)
+
+
+@asynccontextmanager
+async def begin(*, queued: bool = True) -> AsyncIterator[AsyncConnection]:
+    """A short transaction of its own: for services that must not hold a connection while
+    they wait for something else (a login waits for a hashing slot), and for jobs."""
+    async with connect(queued=queued) as conn, transaction(conn):
+        yield conn
+
+
+def migrate_to_head() -> None:
+    """`alembic upgrade head` for the configured database (blocking; run it in a thread)."""
+    root = Path(__file__).resolve().parents[2]
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
+    config.attributes["configure_logger"] = False  # keep the app's own log format
+    command.upgrade(config, "head")

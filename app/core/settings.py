@@ -1,0 +1,124 @@
+"""Every setting of the core, from the environment or `.env`, in one class."""
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The key shipped for development and in .env.sample; production refuses both.
+DEV_SECRET_KEY = "dev-secret-key-change-me"
+SAMPLE_SECRET_KEYS = {"", DEV_SECRET_KEY, "changethis", "change-me"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./app.db"
+    secret_key: str = DEV_SECRET_KEY
+    # A direct connection for LISTEN and migrations when DATABASE_URL is a pooler's.
+    database_url_direct: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Proxies whose X-Forwarded-For is believed (uvicorn's own setting); none by default.
+    forwarded_allow_ips: str | None = None
+
+    first_superuser_email: str | None = None
+    first_superuser_password: str | None = None
+
+    access_token_expire_minutes: int = 30
+    refresh_token_expire_minutes: int = 43200
+
+    login_failures_per_email: int = 5
+    login_failures_per_address: int = 100
+    login_failure_window_seconds: int = 900
+
+    # Argon2id cost; the defaults are OWASP's minimum (19 MiB, 2 passes, 1 lane).
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+
+    # Password hashes waiting for a core beyond this answer 503 at once.
+    hash_queue_size: int = 32
+
+    # A fixed pool: overflow connections would be opened and closed request after request.
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
+    db_pool_timeout: float = 10
+    # Connections in use at once (about the pool's size) and how many may wait for a turn.
+    max_concurrent_requests: int = 24
+    request_queue_size: int = 1000
+    # A request body must have arrived by then (408): slow bodies hold no slot meanwhile.
+    request_body_timeout_seconds: float = 10
+    cors_origins: list[str] = []
+    max_upload_bytes: int = 10 * 1024 * 1024
+
+    signups_per_address_per_hour: int = 20
+    mails_per_user_per_hour: int = 5
+    email_verification_required: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    mail_from: str = "no-reply@localhost"
+    frontend_url: str = "http://localhost:8080"
+    password_reset_expire_minutes: int = 60
+    email_verify_expire_minutes: int = 2880
+    # Retries of an undeliverable mail wait twice as long each time, up to this.
+    mail_retry_max_seconds: int = 300
+    mail_retention_days: int = 7
+    # A mail still undelivered after this many attempts is given up (`failed`).
+    mail_max_attempts: int = 20
+    metrics_enabled: bool = False
+    sentry_dsn: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_sample_secret_in_production(self) -> "Settings":
+        key = self.secret_key
+        weak = key in SAMPLE_SECRET_KEYS or len(key) < 32 or len(set(key)) < 10
+        if self.environment == "production" and weak:
+            raise ValueError(
+                "SECRET_KEY is missing, a sample value, shorter than 32 characters or made "
+                "of fewer than 10 different ones; set a random one for production "
+                '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+        return self
+
+    @cached_property
+    def async_database_url(self) -> str:
+        return async_url(self.database_url)
+
+    @cached_property
+    def direct_database_url(self) -> str:
+        return async_url(self.database_url_direct or self.database_url)
+
+    @property
+    def behind_pooler(self) -> bool:
+        """A pooler in transaction mode shares server connections between clients, so
+        prepared statements cannot be cached on them."""
+        return self.direct_database_url != self.async_database_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.async_database_url.startswith("sqlite")
+
+
+def async_url(url: str) -> str:
+    """The URL with an async driver: postgresql:// and postgres:// mean asyncpg."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+try:
+    settings = Settings()
+except ValidationError as exc:
+    # One line that says what to fix, not a traceback.
+    reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    raise SystemExit(f"Refusing to start: {reasons}") from None

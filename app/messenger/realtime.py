@@ -1,0 +1,236 @@
+"""Realtime: `/api/ws`, and each process's hub, which hands the thread events the bus
+delivers (in commit order) to the sockets of the threads' members."""
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from app.core import metrics
+from app.core.accounts.tokens import callers
+from app.core.db import connect
+from app.core.events import Listening, UserChanged
+from app.messenger.events import ThreadEvent
+from app.messenger.messages import Messages
+from app.messenger.settings import messenger_settings
+from app.messenger.threads import Threads
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
+CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
+READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
+
+
+class Connection:
+    def __init__(self, hub: "Hub", user_id: int, session_id: int, websocket: WebSocket) -> None:
+        self.hub, self.user_id, self.session_id = hub, user_id, session_id
+        self.websocket = websocket
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_SIZE)
+        self.threads: set[int] | None = None  # None while its threads are being loaded
+        self.backlog: list[tuple[ThreadEvent, str]] = []
+        self.close_code: int | None = None
+
+    def send(self, message: str) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:  # a slow reader must not hold up anyone else
+            self.close(CLOSE_TOO_SLOW)
+
+    def close(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    def handle(self, event: ThreadEvent, message: str) -> None:
+        """Apply one event to this socket: membership changes, then delivery."""
+        if self.threads is None:
+            self.backlog.append((event, message))
+            return
+        kind, data = event.kind, event.data
+        joined = (kind == "member.added" and data["user_id"] == self.user_id) or (
+            kind == "thread.created" and any(m["id"] == self.user_id for m in data["members"])
+        )
+        if joined:
+            self.hub.join(self, event.thread_id)
+        if event.thread_id in self.threads:
+            self.send(message)
+        if kind == "thread.deleted" or (
+            kind == "member.removed" and data["user_id"] == self.user_id
+        ):
+            self.hub.leave(self, event.thread_id)
+
+    async def pump(self) -> None:
+        while (message := await self.queue.get()) is not None:
+            await self.websocket.send_text(message)
+            metrics.EVENTS.inc()
+        await self.websocket.close(self.close_code or 1000)
+
+
+class Hub:
+    """This process's sockets, indexed by user and by thread."""
+
+    def __init__(self) -> None:
+        self.users: dict[int, set[Connection]] = defaultdict(set)
+        self.threads: dict[int, set[Connection]] = defaultdict(set)
+        self.loading: set[Connection] = set()
+        self.incoming: asyncio.Queue[ThreadEvent] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def join(self, conn: Connection, thread_id: int) -> None:
+        assert conn.threads is not None
+        conn.threads.add(thread_id)
+        self.threads[thread_id].add(conn)
+
+    def leave(self, conn: Connection, thread_id: int) -> None:
+        assert conn.threads is not None
+        conn.threads.discard(thread_id)
+        if (conns := self.threads.get(thread_id)) is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.threads[thread_id]
+
+    def connect(self, conn: Connection) -> bool:
+        """Register a socket (False: WS_MAX_PER_USER here already); events wait for it."""
+        if len(self.users.get(conn.user_id, ())) >= messenger_settings.ws_max_per_user:
+            return False
+        self.users[conn.user_id].add(conn)
+        self.loading.add(conn)
+        metrics.WEBSOCKETS.inc()
+        return True
+
+    def ready(self, conn: Connection, thread_ids: Iterable[int]) -> None:
+        """Its threads are loaded: events that came in meanwhile are applied in order."""
+        conn.threads = set()
+        conn.send(READY)  # everything committed from here on reaches the socket
+        for thread_id in thread_ids:
+            self.join(conn, thread_id)
+        self.loading.discard(conn)
+        for queued, message in conn.backlog:
+            conn.handle(queued, message)
+        conn.backlog.clear()
+
+    def disconnect(self, conn: Connection) -> None:
+        metrics.WEBSOCKETS.dec()
+        self.loading.discard(conn)
+        if (mine := self.users.get(conn.user_id)) is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.users[conn.user_id]
+        for thread_id in list(conn.threads or ()):
+            self.leave(conn, thread_id)
+
+    # What the bus hands over (subscribed in app/messenger/feature.py).
+
+    def receive(self, event: ThreadEvent) -> None:
+        self.incoming.put_nowait(event)
+
+    def user_changed(self, event: UserChanged) -> None:
+        """A revoked user's sockets close, or only those of the login that ended."""
+        if event.revoked:
+            for conn in list(self.users.get(event.user_id, ())):
+                if event.session_id in (None, conn.session_id):
+                    conn.close(CLOSE_BAD_TOKEN)
+
+    def listening(self, event: Listening) -> None:
+        """Events may have been missed: every socket reconnects and catches up."""
+        if not event.connected:
+            for conns in list(self.users.values()):
+                for conn in list(conns):
+                    conn.close(CLOSE_RESTART)
+
+    def dispatch(self, event: ThreadEvent) -> None:
+        message = json.dumps(event.socket_message(), separators=(",", ":"))  # once for all
+        targets = set(self.threads.get(event.thread_id, ()))
+        if event.kind in ("member.added", "member.removed"):
+            targets |= self.users.get(event.data["user_id"], set())
+        elif event.kind == "thread.created":
+            for member in event.data["members"]:
+                targets |= self.users.get(member["id"], set())
+        for conn in targets | self.loading:
+            conn.handle(event, message)
+
+    async def run(self) -> None:
+        """Dispatch incoming events one at a time, so each thread's order is kept."""
+        while True:
+            event = await self.incoming.get()
+            try:
+                if event.data.get("ref"):
+                    event = await load(event)
+                self.dispatch(event)
+            except Exception:  # one bad event must not stop the hub
+                log.exception("could not dispatch %s", event.kind)
+
+    async def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self.run()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
+hub = Hub()
+
+
+async def load(event: ThreadEvent) -> ThreadEvent:
+    """The data of an event too big to travel, read back once per process."""
+    async with connect() as conn:
+        if event.kind.startswith(("message.", "reaction.")):
+            message = await Messages(conn).get(event.data["id"])
+            assert message is not None
+            data = message.model_dump(mode="json")
+        else:
+            view = await Threads(conn).view(event.thread_id, 0)
+            data = view.model_copy(update={"unread_count": 0}).model_dump(mode="json")
+    return ThreadEvent(event.kind, event.thread_id, data, event.version)
+
+
+router = APIRouter(tags=["realtime"])
+
+
+@router.websocket("/ws")
+async def events(websocket: WebSocket, token: str = "") -> None:
+    """Events of the caller's threads; see the API description for their shapes."""
+    # Accept first: a close code can only travel on an accepted socket.
+    await websocket.accept()
+    caller = await callers.get(token, connect)
+    if caller is None or "regular" not in caller.granted:
+        await websocket.close(CLOSE_BAD_TOKEN)
+        return
+    conn = Connection(hub, caller.id, caller.session_id, websocket)
+    if not hub.connect(conn):
+        await websocket.close(CLOSE_TOO_MANY)
+        return
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(max(0.0, caller.expires - time.time()), conn.close, CLOSE_BAD_TOKEN)
+    tasks: set[asyncio.Task[None]] = set()
+    try:  # whatever fails from here on, the socket is unregistered
+        async with connect() as session:
+            thread_ids = await Threads(session).ids_of(caller.id)
+        hub.ready(conn, thread_ids)
+        tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(_drain(websocket))}
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        expiry.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        hub.disconnect(conn)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Clients only listen: read what they send (and the close) and ignore it. The server
+    refuses messages over 4 KiB before they are read whole (app/__main__.py)."""
+    try:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+    except (WebSocketDisconnect, RuntimeError):
+        pass

@@ -1,0 +1,298 @@
+"""Threads and their memberships: every rule of who may see and change a thread lives
+here (members see it, its owner renames and deletes it, anyone leaves), with versions,
+pages and leaving."""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Update, bindparam, exists, func, select, text, true, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.accounts.models import User, UserPublic
+from app.core.errors import Forbidden, Invalid, NotFound
+from app.core.events import UserDeleted
+from app.core.models import Page, table, utcnow
+from app.core.repository import Keyset, Repository, encode_cursor, in_ids, live, upsert
+from app.messenger.events import changed
+from app.messenger.message_models import Message
+from app.messenger.thread_models import Member, Membership, Thread, ThreadOut, ThreadRow
+
+threads, memberships = table(Thread), table(Membership)
+messages, users = table(Message), table(User)
+OWNER_ONLY = "Only the thread owner may do this"
+UNKNOWN_USER = "Unknown, inactive or deleted user id"
+
+
+def is_member(thread_id: Any, user_id: Any) -> Any:
+    of = memberships.c
+    return exists().where(of.thread_id == thread_id, of.user_id == user_id, live(memberships))
+
+
+# Messages after the caller's read marker, by others, not deleted: correlated to the outer
+# thread and membership, so a whole page is counted in one statement.
+unread = (
+    select(func.count())
+    .where(
+        messages.c.thread_id == threads.c.id,
+        messages.c.id > memberships.c.last_read_message_id,
+        messages.c.author_id != memberships.c.user_id,
+        live(messages),
+    )
+    .correlate(threads, memberships)
+    .scalar_subquery()
+)
+activity = func.coalesce(threads.c.last_message_at, threads.c.created_at)
+columns = [c for c in threads.c if c.name != "deleted"]
+
+
+class Threads(Repository[ThreadRow]):
+    table, row = threads, ThreadRow
+
+    _visible = (
+        select(*columns)
+        .where(threads.c.id == bindparam("id"), live(threads))
+        .where(is_member(threads.c.id, bindparam("user_id")))
+    )
+    _mine = (
+        select(*columns, unread.label("unread_count"), activity.label("activity"))
+        .join(memberships, memberships.c.thread_id == threads.c.id)
+        .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
+    )
+    _one = _mine.where(threads.c.id == bindparam("id"))
+    _as_seen = select(*columns).where(threads.c.id == bindparam("id"))  # deleted too
+    _members = (
+        select(memberships.c.thread_id, users.c.id, users.c.full_name)
+        .join(users, users.c.id == memberships.c.user_id)
+        .where(in_ids(memberships.c.thread_id, "ids"), live(memberships))
+        .order_by(memberships.c.id)
+    )
+
+    async def visible(self, thread_id: int, user_id: int) -> ThreadRow:
+        """The thread, if the caller is a member; otherwise NotFound, exactly as for a
+        thread that never existed, so ids reveal nothing."""
+        thread = await self.first(self._visible, id=thread_id, user_id=user_id)
+        if thread is None:
+            raise NotFound("Thread not found")
+        return thread
+
+    @staticmethod
+    @cache
+    def _bump(names: frozenset[str]) -> Update:
+        """The bump that also sets `names`: built once for each set of them."""
+        return (
+            update(threads)
+            .where(
+                threads.c.id == bindparam("thread_id"),
+                live(threads),
+                is_member(bindparam("thread_id"), bindparam("member_id")),
+            )
+            .values(version=threads.c.version + bindparam("step"))
+            .values({name: bindparam(f"new_{name}") for name in names})
+            .returning(*columns)
+        )
+
+    async def bump(self, thread_id: int, member_id: int, step: int = 1, **values: Any) -> ThreadRow:
+        """Lock a live thread the caller is a member of and count a change: versions are
+        handed out in commit order. NotFound when it is gone (deleted a moment ago).
+        `step=0` only locks it, for a change that may turn out to be none."""
+        params = {f"new_{name}": value for name, value in values.items()}
+        params |= {"thread_id": thread_id, "member_id": member_id, "step": step}
+        row = (await self.conn.execute(self._bump(frozenset(values)), params)).first()
+        if row is None:
+            raise NotFound("Thread not found")
+        return self.load(row)
+
+    async def views(self, rows: Sequence[Any]) -> list[ThreadOut]:
+        """ThreadOut of rows of `_mine` (or of columns with unread 0), with every thread's
+        members in one more statement."""
+        members: dict[int, list[UserPublic]] = defaultdict(list)
+        if rows:
+            ids = [r.id for r in rows]
+            for thread_id, user_id, full_name in await self.conn.execute(
+                self._members, {"ids": ids}
+            ):
+                members[thread_id].append(
+                    UserPublic.model_construct(id=user_id, full_name=full_name)
+                )
+        views = []
+        for row in rows:
+            values = row._mapping  # a new mapping object at each use: read it once
+            views.append(
+                ThreadOut.model_construct(
+                    **{c.name: values[c.name] for c in columns},
+                    members=members[row.id],
+                    unread_count=values.get("unread_count", 0),
+                )
+            )
+        return views
+
+    async def view(self, thread_id: int, user_id: int) -> ThreadOut:
+        rows = (await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id})).all()
+        if not rows:  # not the caller's (left it): as others see it
+            rows = (await self.conn.execute(self._as_seen, {"id": thread_id})).all()
+        return (await self.views(rows))[0]
+
+    _pages = Keyset(_mine, [activity, threads.c.id], descending=True)
+
+    async def page_for(self, user_id: int, limit: int, after: list[Any] | None) -> Page[ThreadOut]:
+        rows, more = await self._pages.page(self.conn, limit, after, user_id=user_id)
+        cursor = encode_cursor([rows[-1].activity, rows[-1].id]) if more else None
+        return Page(items=await self.views(rows), next_cursor=cursor)
+
+    # Live, active users among `ids`, share-locked until the transaction ends: a deletion
+    # of one of them waits for it, then finds it in its threads (and leaves them).
+    _joinable = (
+        select(users.c.id, users.c.full_name)
+        .where(in_ids(users.c.id, "ids"), live(users), users.c.is_active == true())
+        .order_by(users.c.id)
+        .with_for_update(read=True)
+    )
+
+    async def _joinable_users(self, ids: set[int], field: str) -> list[UserPublic]:
+        found = (await self.conn.execute(self._joinable, {"ids": sorted(ids)})).all()
+        if len(found) != len(ids):
+            raise Invalid(field, UNKNOWN_USER)
+        return [UserPublic.model_construct(id=r.id, full_name=r.full_name) for r in found]
+
+    async def start(self, owner_id: int, title: str | None, member_ids: list[int]) -> ThreadOut:
+        """A thread of the owner and `member_ids`; an unknown, inactive or deleted one: 422."""
+        others = set(member_ids) - {owner_id}
+        await self._joinable_users(others, "member_ids")
+        thread = await self.create(owner_id=owner_id, title=title)
+        now = utcnow()
+        await self.conn.execute(
+            memberships.insert(),
+            [
+                {"thread_id": thread.id, "user_id": uid, "created_at": now, "updated_at": now}
+                for uid in [owner_id, *sorted(others)]
+            ],
+        )
+        view = await self.view(thread.id, owner_id)
+        changed(self.conn, "thread.created", thread.id, view, view.version)
+        return view
+
+    async def rename(self, thread_id: int, user_id: int, **values: Any) -> ThreadOut:
+        thread = await self.bump(thread_id, user_id, **values)
+        if thread.owner_id != user_id:
+            raise Forbidden(OWNER_ONLY)
+        view = await self.view(thread_id, user_id)
+        changed(self.conn, "thread.updated", thread_id, view, view.version)
+        return view
+
+    async def delete(self, thread_id: int, user_id: int) -> None:
+        thread = await self.bump(thread_id, user_id, deleted=True)
+        if thread.owner_id != user_id:
+            raise Forbidden(OWNER_ONLY)
+        view = await self.view(thread_id, user_id)
+        changed(self.conn, "thread.deleted", thread_id, view, thread.version)
+
+    async def members(self, thread_id: int) -> list[Member]:
+        stmt = (
+            select(users.c.id, users.c.full_name, memberships.c.last_read_message_id)
+            .join(memberships, memberships.c.user_id == users.c.id)
+            .where(memberships.c.thread_id == thread_id, live(memberships))
+            .order_by(memberships.c.id)
+        )
+        return [Member.model_construct(**r._mapping) for r in await self.conn.execute(stmt)]
+
+    async def add_member(self, thread_id: int, by: int, user_id: int) -> tuple[UserPublic, bool]:
+        """Any member adds a live, active user: (the user, False if already a member). The
+        user is share-locked before the thread (the order a deletion takes them in); the
+        partial unique index makes two racing adds one membership."""
+        [user] = await self._joinable_users({user_id}, "user_id")
+        thread = await self.bump(thread_id, by)  # 404 for non-members, as everywhere
+        now = utcnow()
+        stmt = (
+            upsert(memberships)
+            .values(thread_id=thread_id, user_id=user_id, created_at=now, updated_at=now)
+            .on_conflict_do_nothing(
+                index_elements=["thread_id", "user_id"], index_where=text("NOT deleted")
+            )
+            .returning(memberships.c.id)
+        )
+        added = (await self.conn.execute(stmt)).first() is not None
+        if added:
+            changed(self.conn, "member.added", thread_id, {"user_id": user_id}, thread.version)
+        return user, added
+
+    async def leave(self, thread_id: int, user_id: int, by: int) -> None:
+        """`user_id` leaves (or the owner `by` removes it). Membership changes of one thread
+        take turns on its row lock, so it always keeps an owner: the earliest joined
+        member when the owner goes; a thread left empty is deleted."""
+        thread = await self.bump(thread_id, by)
+        if user_id != by and thread.owner_id != by:
+            raise Forbidden(OWNER_ONLY)
+        stmt = (
+            select(memberships.c.id, memberships.c.user_id)
+            .where(memberships.c.thread_id == thread_id, live(memberships))
+            .order_by(memberships.c.created_at, memberships.c.id)
+        )
+        members = (await self.conn.execute(stmt)).all()
+        leaving = next((m for m in members if m.user_id == user_id), None)
+        if leaving is None:
+            raise NotFound("Not a member of this thread")
+        await self.conn.execute(
+            update(memberships).where(memberships.c.id == leaving.id).values(deleted=True)
+        )
+        changed(self.conn, "member.removed", thread_id, {"user_id": user_id}, thread.version)
+        remaining = [m for m in members if m is not leaving]
+        if remaining and thread.owner_id != user_id:
+            return
+        if remaining:  # the owner left: the member who joined earliest takes over
+            await self.update(thread_id, owner_id=remaining[0].user_id)
+        else:  # the last one out: the thread goes with them
+            await self.update(thread_id, deleted=True)
+        kind = "thread.updated" if remaining else "thread.deleted"
+        changed(self.conn, kind, thread_id, await self.view(thread_id, by), thread.version)
+
+    # Forward only, in one statement, so concurrent requests cannot move it back.
+    _mark_read = (
+        update(memberships)
+        .where(
+            memberships.c.thread_id == bindparam("thread"),
+            memberships.c.user_id == bindparam("user"),
+            live(memberships),
+            memberships.c.last_read_message_id < bindparam("message"),
+        )
+        .values(last_read_message_id=bindparam("message"))
+    )
+
+    _message_in_thread = select(messages.c.id).where(
+        messages.c.id == bindparam("message"),
+        messages.c.thread_id == bindparam("thread"),
+        live(messages),
+    )
+
+    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> None:
+        """Everything up to `message_id` (a live message of the thread, or 0) is read."""
+        params = {"thread": thread_id, "user": user_id, "message": message_id}
+        if message_id and not (await self.conn.execute(self._message_in_thread, params)).first():
+            raise Invalid("message_id", "No such message in this thread")
+        if await self.move_marker(thread_id, user_id, message_id):
+            data = {"user_id": user_id, "message_id": message_id}
+            changed(self.conn, "thread.read", thread_id, data)
+
+    async def move_marker(self, thread_id: int, user_id: int, message_id: int) -> bool:
+        params = {"thread": thread_id, "user": user_id, "message": message_id}
+        return (await self.conn.execute(self._mark_read, params)).rowcount > 0
+
+    async def ids_of(self, user_id: int) -> list[int]:
+        """The live threads a user is a member of, in one order (so two accounts deleted
+        at once lock their shared threads in the same order)."""
+        stmt = (
+            select(memberships.c.thread_id)
+            .join(threads, threads.c.id == memberships.c.thread_id)
+            .where(memberships.c.user_id == user_id, live(memberships), live(threads))
+            .order_by(memberships.c.thread_id)
+        )
+        return list((await self.conn.execute(stmt)).scalars())
+
+
+async def leave_all(conn: AsyncConnection, event: UserDeleted) -> None:
+    """A deleted user leaves every thread as a leave would, in the deletion's transaction:
+    no thread is kept alive, or owned, by a deleted user."""
+    threads = Threads(conn)
+    for thread_id in await threads.ids_of(event.user_id):
+        await threads.leave(thread_id, event.user_id, event.user_id)
