@@ -80,18 +80,18 @@ class Bearer(OAuth2PasswordBearer):
     """The caller, in one dependency: bearer header, verified claims, live user row, the
     scopes the route needs. Who a token speaks for is mostly remembered (tokens.Callers);
     on a miss the lookup runs on the request's connection, which the route then shares.
-    `hashing`: for routes that wait for a password hash: the lookup's connection is given
-    back at once, so none is held while they wait."""
+    `holds_none`: for routes that wait (for a password hash, for a streamed body): the
+    lookup's connection is given back at once, so none is held while they wait."""
 
-    def __init__(self, hashing: bool = False) -> None:
+    def __init__(self, holds_none: bool = False) -> None:
         super().__init__(tokenUrl="/api/auth/token", scopes=SCOPES, scheme_name="Bearer")
-        self.hashing = hashing
+        self.holds_none = holds_none
 
     async def __call__(  # type: ignore[override]
         self, request: Request, required: SecurityScopes, db: Db
     ) -> Caller:
         token = await super().__call__(request)
-        caller = await callers.get(token or "", db.borrow if self.hashing else db.keep)
+        caller = await callers.get(token or "", db.borrow if self.holds_none else db.keep)
         if caller is None:
             raise Unauthorized()
         if not caller.granted.issuperset(required.scopes):
@@ -99,12 +99,12 @@ class Bearer(OAuth2PasswordBearer):
         return caller
 
 
-bearer, hashing_bearer = Bearer(), Bearer(hashing=True)
+bearer, waiting_bearer = Bearer(), Bearer(holds_none=True)
 AnyScopeUser = Annotated[Caller, Security(bearer)]
 CurrentUser = Annotated[Caller, Security(bearer, scopes=["regular"])]
 AdminUser = Annotated[Caller, Security(bearer, scopes=["admin"])]
-# The caller, for a route that hashes a password and holds no connection meanwhile.
-HashingUser = Annotated[Caller, Security(hashing_bearer, scopes=["regular"])]
+# The caller, for a route that waits (a password hash, a streamed body) holding no connection.
+UserNoDb = Annotated[Caller, Security(waiting_bearer, scopes=["regular"])]
 
 
 def client_address(request: Request) -> str:

@@ -20,10 +20,10 @@ from app.core.deps import (
     AdminUser,
     ClientAddress,
     CurrentUser,
-    HashingUser,
     IdCursor,
     Limit,
     ReadDb,
+    UserNoDb,
     WriteDb,
 )
 from app.core.http import Route, errors
@@ -50,7 +50,7 @@ async def read_me(user: CurrentUser) -> Caller:
     "to MAILS_PER_USER_PER_HOUR (429).",
     responses=errors(409, 429),
 )
-async def update_me(user: HashingUser, address: ClientAddress, body: UserUpdateMe) -> UserPrivate:
+async def update_me(user: UserNoDb, address: ClientAddress, body: UserUpdateMe) -> UserPrivate:
     return await service.change_me(user, body, address)
 
 
