@@ -4,7 +4,6 @@ delete app/messenger/ and its line in FEATURES."""
 
 import asyncio
 import gc
-import importlib.util
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from app.core import http, metrics
+from app.core import http, metrics, telemetry
 from app.core.accounts.feature import accounts
 from app.core.db import engine, migrate_to_head
 from app.core.events import bus
@@ -80,6 +79,7 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
         runner.templates.clear()
         runner.chores.clear()
         await engine.dispose()
+        telemetry.shutdown()  # last: the spans of the steps above are sent too
 
     # Swagger UI and ReDoc are served from the app itself (the fastapi-offline package ships
     # their files), so the docs work without a CDN: offline, behind a strict proxy.
@@ -108,11 +108,7 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
         metrics.POOL.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
-    # Error reporting when SENTRY_DSN is set and the `sentry` extra is installed.
-    if settings.sentry_dsn and importlib.util.find_spec("sentry_sdk"):
-        importlib.import_module("sentry_sdk").init(
-            dsn=settings.sentry_dsn, environment=settings.environment
-        )
+    telemetry.install(app, engine)  # Sentry, traces: when configured and installed
     return app
 
 
