@@ -29,6 +29,7 @@ ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
+    ENVIRONMENT=production \
     WORKERS=1
 
 RUN groupadd --system --gid 10001 app \

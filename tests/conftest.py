@@ -4,7 +4,7 @@ empty tables. Shared helpers live in tests/helpers.py; the fixtures live here.""
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import count
 
 _scratch = tempfile.mkdtemp(prefix="fab-tests-")
@@ -24,7 +24,16 @@ from app.core.db import engine, migrate_to_head  # noqa: E402
 from app.core.http import WEBSOCKET_OPTIONS  # noqa: E402
 from app.core.settings import settings  # noqa: E402
 from app.main import app  # noqa: E402
-from tests.helpers import PASSWORD, MakeUser, User, free_port, login, set_scopes  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    MAIL_FRONTEND,
+    PASSWORD,
+    Inbox,
+    MakeUser,
+    User,
+    free_port,
+    login,
+    set_scopes,
+)
 
 _ids = count(1)
 
@@ -108,3 +117,20 @@ async def live_server() -> AsyncIterator[str]:
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
+    """The in-process sender pointed at a fresh SMTP server (it reads settings per round)."""
+    box = Inbox()
+    box.controller.start()
+    for name, value in {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": box.port,
+        "smtp_security": "none",
+        "frontend_url": MAIL_FRONTEND,
+        "mail_retry_max_seconds": 1,
+    }.items():
+        monkeypatch.setattr(settings, name, value)
+    yield box
+    box.controller.stop()

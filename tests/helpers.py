@@ -6,11 +6,15 @@ is first imported, and bench/ drives servers it starts itself, with their own se
 """
 
 import asyncio
+import email
+import email.policy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -205,6 +210,49 @@ async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:
         while True:
             await asyncio.wait_for(ws.recv(), timeout)
     return ws.close_code
+
+
+# --------------------------------------------------------------------------- mail
+
+
+MAIL_FRONTEND = "https://app.example.com"  # FRONTEND_URL while a test reads mail
+TOKEN = re.compile(r"token=([A-Za-z0-9_-]+)")
+
+
+class Inbox:
+    """An SMTP server that keeps what it receives: (recipient, subject, body)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mails: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        body = msg.get_body().get_content()  # type: ignore[union-attr]
+        with self.lock:
+            for rcpt in envelope.rcpt_tos:
+                self.mails.append((rcpt, str(msg["Subject"]), body))
+        return "250 OK"
+
+    def to(self, address: str) -> list[tuple[str, str, str]]:
+        with self.lock:
+            return [m for m in self.mails if m[0] == address]
+
+    async def wait(self, address: str, count: int = 1, timeout: float = 15) -> str:
+        """The body of the `count`th mail to `address`, once it is there."""
+        deadline = time.monotonic() + timeout
+        while len(self.to(address)) < count:
+            assert time.monotonic() < deadline, f"no mail {count} for {address}: {self.mails}"
+            await asyncio.sleep(0.05)
+        return self.to(address)[count - 1][2]
+
+
+def token_of(body: str) -> str:
+    match = TOKEN.search(body)
+    assert match, body
+    return match.group(1)
 
 
 # --------------------------------------------------------------------------- database

@@ -2,17 +2,12 @@
 reset end to end, the outbox's delivery guarantees, and what must not leak."""
 
 import asyncio
-import email
-import email.policy
-import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from statistics import median
-from typing import Any
 
 import httpx
 import pytest
@@ -21,63 +16,19 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.settings import settings
-from tests.helpers import PASSWORD, ROOT, MakeUser, fetch, free_port, login, serve
+from tests.helpers import (
+    MAIL_FRONTEND,
+    PASSWORD,
+    ROOT,
+    Inbox,
+    MakeUser,
+    fetch,
+    login,
+    serve,
+    token_of,
+)
 
-FRONTEND = "https://app.example.com"
-TOKEN = re.compile(r"token=([A-Za-z0-9_-]+)")
-
-
-class Inbox:
-    """An SMTP server that keeps what it receives: (recipient, subject, body)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.mails: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        body = msg.get_body().get_content()  # type: ignore[union-attr]
-        with self.lock:
-            for rcpt in envelope.rcpt_tos:
-                self.mails.append((rcpt, str(msg["Subject"]), body))
-        return "250 OK"
-
-    def to(self, address: str) -> list[tuple[str, str, str]]:
-        with self.lock:
-            return [m for m in self.mails if m[0] == address]
-
-    async def wait(self, address: str, count: int = 1, timeout: float = 15) -> str:
-        """The body of the `count`th mail to `address`, once it is there."""
-        deadline = time.monotonic() + timeout
-        while len(self.to(address)) < count:
-            assert time.monotonic() < deadline, f"no mail {count} for {address}: {self.mails}"
-            await asyncio.sleep(0.05)
-        return self.to(address)[count - 1][2]
-
-
-def token_of(body: str) -> str:
-    match = TOKEN.search(body)
-    assert match, body
-    return match.group(1)
-
-
-@pytest.fixture
-def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
-    """The in-process sender pointed at a fresh SMTP server (it reads settings per round)."""
-    box = Inbox()
-    box.controller.start()
-    for name, value in {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": box.port,
-        "smtp_security": "none",
-        "frontend_url": FRONTEND,
-        "mail_retry_max_seconds": 1,
-    }.items():
-        monkeypatch.setattr(settings, name, value)
-    yield box
-    box.controller.stop()
+FRONTEND = MAIL_FRONTEND
 
 
 async def signup(client: httpx.AsyncClient, address: str) -> httpx.Response:

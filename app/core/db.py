@@ -11,7 +11,7 @@ from uuid import uuid4
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -138,6 +138,27 @@ async def begin(*, queued: bool = True) -> AsyncIterator[AsyncConnection]:
     they wait for something else (a login waits for a hashing slot), and for jobs."""
     async with connect(queued=queued) as conn, transaction(conn):
         yield conn
+
+
+_TIME_LIMIT = text("SELECT set_config('statement_timeout', :ms, :local)")
+_NO_TIME_LIMIT = text("RESET statement_timeout")
+
+
+@asynccontextmanager
+async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[None]:
+    """Statements in the block that run longer are cancelled (PostgreSQL's query_canceled,
+    which the HTTP layer answers 503): for queries whose cost the client's input decides.
+    Local to the transaction behind a pooler, where the session is shared; else reset."""
+    if settings.is_sqlite:
+        yield
+        return
+    local = settings.behind_pooler  # the transaction ends it: nothing to reset
+    await conn.execute(_TIME_LIMIT, {"ms": str(int(seconds * 1000)), "local": local})
+    try:
+        yield
+    finally:
+        if not local:
+            await conn.execute(_NO_TIME_LIMIT)
 
 
 def migrate_to_head() -> None:

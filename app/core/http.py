@@ -230,8 +230,9 @@ def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5)
 
 
 # SQLSTATE classes of a database that is away or busy: 08 (connection), 53 (too many
-# connections, out of memory), 57P (shutting down), 40001/40P01 (serialization, deadlock).
-BUSY_STATES = ("08", "53", "57P", "40001", "40P01")
+# connections, out of memory), 57P (shutting down), 57014 (a statement over its time limit),
+# 40001/40P01 (serialization, deadlock).
+BUSY_STATES = ("08", "53", "57P", "57014", "40001", "40P01")
 
 
 def install(app: FastAPI) -> None:

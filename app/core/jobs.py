@@ -77,7 +77,12 @@ class Runner:
             async with asyncio.timeout(LEASE.total_seconds() / 2), smtp:
                 for row in rows:
                     try:
-                        await smtp.send_message(self.render(row))
+                        message = self.render(row)
+                    except Exception:  # a row no template fits: it alone fails
+                        log.exception("mail %d cannot be rendered, will retry", row.id)
+                        continue
+                    try:
+                        await smtp.send_message(message)
                     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
                         # This one was refused; the connection still serves the others.
                         log.warning("mail %d refused, will retry", row.id)

@@ -1,11 +1,12 @@
 """What every table and every API shape shares: ids, timestamps, soft delete, pages, and
 the constrained types input is checked against."""
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, field_validator
 from sqlalchemy import DateTime, Dialect, Index, Table, false, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -79,6 +80,17 @@ def table(model: type[SQLModel]) -> Table:
 
 # PostgreSQL text cannot hold NUL: such input is a 422, not a database error.
 NoNul = StringConstraints(pattern=r"^[^\x00]*$")
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # controls, format (zero-width), spaces
+
+
+def _visible(value: Any) -> Any:
+    if isinstance(value, str) and all(unicodedata.category(c) in INVISIBLE for c in value):
+        return ""
+    return value
+
+
+# Text that shows nothing (a zero-width space) is empty text: a length rule after it decides.
+Visible = BeforeValidator(_visible)
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 # A row id in a path, a query or a body: out of range is a 422, never a database error.
 Id = Annotated[int, Ge(1), Le(MAX_ID)]

@@ -6,10 +6,11 @@ from pydantic import StringConstraints
 from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from app.core.models import Base, NoNul, RowOut, UTCDateTime, body_config, utcnow
+from app.core.models import Base, NoNul, RowOut, UTCDateTime, Visible, body_config, utcnow
 
 Body = Annotated[
     str,
+    Visible,
     NoNul,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
     Field(schema_extra={"examples": ["See you at noon?"]}),

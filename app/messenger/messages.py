@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from app.core.db import time_limit
 from app.core.errors import Conflict, Forbidden, NotFound
 from app.core.models import Page, UTCDateTime, table, utcnow
 from app.core.repository import Keyset, Repository, encode_cursor, live, upsert
@@ -31,6 +32,7 @@ from app.messenger.message_models import (
     words,
 )
 from app.messenger.reactions import Reactions
+from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
 from app.messenger.threads import Threads
 
@@ -228,7 +230,10 @@ class Messages(Repository[MessageOut]):
         params = {"thread_id": thread_id, "since": since, "upto": upto, "limit": limit + 1}
         rows = (await self.conn.execute(self._changes, params)).all()
         items = [
-            MessageChange.model_construct(**{**r._mapping, "body": "" if r.deleted else r.body})
+            # A tombstone keeps nothing the message said, nor the sender's client_id.
+            MessageChange.model_construct(
+                **{**r._mapping, "body": "", "client_id": None} if r.deleted else r._mapping
+            )
             for r in rows[:limit]
         ]
         await Reactions(self.conn).of([i for i in items if not i.deleted], user_id)
@@ -246,6 +251,8 @@ class Messages(Repository[MessageOut]):
         query = " ".join(f'"{w}"' for w in terms) if settings.is_sqlite else " ".join(terms)
         params = {"user_id": user_id, "q": query, "thread_id": thread_id}
         found = self._found if thread_id is None else self._found_in
-        rows, more = await found.page(self.conn, limit, after, **params)
+        # A common word in many threads matches a great many rows: bounded, 503 past it.
+        async with time_limit(self.conn, messenger_settings.search_seconds):
+            rows, more = await found.page(self.conn, limit, after, **params)
         items = await Reactions(self.conn).of([self.load(r) for r in rows], user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

@@ -7,7 +7,16 @@ from pydantic import AfterValidator, EmailStr
 from sqlalchemy import JSON, false
 from sqlmodel import Field, SQLModel
 
-from app.core.models import Base, NoNul, Patch, RowOut, UTCDateTime, body_config, unique_live
+from app.core.models import (
+    Base,
+    NoNul,
+    Patch,
+    RowOut,
+    UTCDateTime,
+    Visible,
+    body_config,
+    unique_live,
+)
 
 SCOPES = {
     "regular": "Every active user: own profile, threads and messages.",
@@ -31,7 +40,10 @@ def _lower(email: str) -> str:
 Email = Annotated[EmailStr, AfterValidator(_lower)]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
 FullName = Annotated[
-    str, NoNul, Field(min_length=1, max_length=255, schema_extra={"examples": ["Ada Lovelace"]})
+    str,
+    Visible,
+    NoNul,
+    Field(min_length=1, max_length=255, schema_extra={"examples": ["Ada Lovelace"]}),
 ]
 
 

@@ -171,7 +171,11 @@ async def confirm_reset(token: str, password: str) -> None:
             raise DomainError(BAD_TOKEN)
         # The token came by mail to this address: that verifies it, so a user whose
         # verification mail was lost is not locked out under EMAIL_VERIFICATION_REQUIRED.
-        await users.change(user.id, hashed_password=hashed, revoke=True, email_verified=True)
+        # A pending email change ends: whoever asked for it knew the old password.
+        await tokens.void(user.id, "verify")
+        await users.change(
+            user.id, hashed_password=hashed, revoke=True, email_verified=True, pending_email=None
+        )
 
 
 async def verify_email(conn: AsyncConnection, token: str) -> None:

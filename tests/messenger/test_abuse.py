@@ -1,0 +1,190 @@
+"""What an attacker tries against the messenger: races against an account's deletion,
+sockets that send, a stolen login's socket, values past the columns, costly searches."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from httpx import AsyncClient
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app.core.db import engine
+from app.core.settings import settings
+from app.messenger.settings import messenger_settings
+from tests.helpers import (
+    PASSWORD,
+    MakeUser,
+    User,
+    assert_silent,
+    clean_env,
+    close_code,
+    fetch,
+    listen,
+    login,
+    new_thread,
+    send,
+    start,
+    ws_url,
+)
+
+pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
+
+
+@pytest.mark.owasp("API1:2023 Broken Object Level Authorization")
+async def test_a_deletion_racing_adds_leaves_the_user_in_no_thread(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    owner, friend = await make_user(), await make_user()
+    for round in range(12):
+        victim = await make_user()
+        thread = await new_thread(client, owner, friend)
+        add = {"user_id": victim["id"]}
+        await asyncio.gather(
+            client.delete("/api/users/me", headers=victim.headers),
+            client.post(f"/api/threads/{thread['id']}/members", json=add, headers=owner.headers),
+            client.post("/api/threads", json={"member_ids": [victim["id"]]}, headers=owner.headers),
+        )
+        live = await fetch(
+            "SELECT m.thread_id FROM membership m JOIN thread t ON t.id = m.thread_id "
+            "WHERE m.user_id = :id AND NOT m.deleted AND NOT t.deleted",
+            id=victim["id"],
+        )
+        assert live == [], round
+
+
+@pytest.mark.owasp("API4:2023 Unrestricted Resource Consumption")
+async def test_a_socket_that_sends_more_than_4_kib_is_closed_unread(tmp_path: Path) -> None:
+    """No compression is offered (no small frame inflates into a big one), and a message over
+    4 KiB closes the socket with 1009 before it is read whole: the server's memory stays."""
+    database = {} if settings.is_sqlite else {"DATABASE_URL": settings.database_url}
+    with start(tmp_path, clean_env(**database)) as server:
+        host = server.base.removeprefix("http://")
+        async with AsyncClient(base_url=server.base) as http:
+            body = {"email": "bomb@example.com", "password": PASSWORD, "full_name": "B"}
+            assert (await http.post("/api/auth/signup", json=body)).status_code == 201
+            token = (await login(http, "bomb@example.com")).json()["access_token"]
+        before = rss(server.proc.pid)
+        sockets = [await connect(ws_url(host, token), compression="deflate") for _ in range(4)]
+        for ws in sockets:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers  # no deflate
+            assert json.loads(await ws.recv())["type"] == "ready"
+        small = await connect(ws_url(host, token))
+        await small.recv()
+        await small.send("ping" * 100)  # 400 bytes: read and ignored
+        await assert_silent(small)
+
+        async def bomb(ws: ClientConnection) -> int | None:
+            with pytest.raises(ConnectionClosed):  # the server goes away mid-send
+                await ws.send("x" * 16 * 1024 * 1024)
+                await ws.recv()
+            return ws.close_code
+
+        codes = await asyncio.gather(*(bomb(ws) for ws in sockets))
+        assert set(codes) == {1009}, codes
+        assert rss(server.proc.pid) - before < 30 * 1024 * 1024
+        await small.close()
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.owasp("API2:2023 Broken Authentication")
+async def test_a_reused_refresh_token_closes_that_logins_sockets(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    second = User(user, token=(await login(client, user["email"])).json())
+    stolen = await listen(live_server, user)
+    other_login = await listen(live_server, second)
+    refresh = user["token"]["refresh_token"]
+    assert (
+        await client.post("/api/auth/refresh", json={"refresh_token": refresh})
+    ).status_code == 200
+    assert (
+        await client.post("/api/auth/refresh", json={"refresh_token": refresh})
+    ).status_code == 401
+    assert await close_code(stolen) == 4401
+    await assert_silent(other_login)  # the user's other login goes on
+    await other_login.close()
+
+
+@pg_only
+@pytest.mark.owasp("API2:2023 Broken Authentication")
+async def test_a_reused_refresh_token_closes_sockets_on_every_process(
+    client: AsyncClient, make_user: MakeUser, tmp_path: Path
+) -> None:
+    user = await make_user()
+    with start(tmp_path, clean_env(DATABASE_URL=settings.database_url)) as server:
+        socket = await listen(server.base.removeprefix("http://"), user)
+        refresh = {"refresh_token": user["token"]["refresh_token"]}
+        for expected in (200, 401):  # the second use is a reuse: the login ends
+            assert (await client.post("/api/auth/refresh", json=refresh)).status_code == expected
+        assert await close_code(socket) == 4401
+
+
+async def test_values_past_the_columns_are_4xx(client: AsyncClient, make_user: MakeUser) -> None:
+    user = await make_user()
+    thread = await new_thread(client, user)
+    base = f"/api/threads/{thread['id']}"
+    assert (
+        await client.get(f"{base}/changes", params={"since": 2**31}, headers=user.headers)
+    ).status_code == 422
+    assert (
+        await client.get(f"{base}/changes", params={"since": 2**31 - 1}, headers=user.headers)
+    ).status_code == 200
+    for body in ("\u200b", " \u2060\u200b ", "\u00ad"):  # shows nothing: empty
+        r = await client.post(f"{base}/messages", json={"body": body}, headers=user.headers)
+        assert r.status_code == 422, body
+
+
+async def test_tombstones_keep_no_client_id(client: AsyncClient, make_user: MakeUser) -> None:
+    user = await make_user()
+    thread = await new_thread(client, user)
+    base = f"/api/threads/{thread['id']}"
+    body = {"body": "secret plans", "client_id": "phone-7f3a"}
+    sent = (await client.post(f"{base}/messages", json=body, headers=user.headers)).json()
+    assert (
+        await client.delete(f"{base}/messages/{sent['id']}", headers=user.headers)
+    ).status_code == 204
+    [tombstone] = (await client.get(f"{base}/changes", headers=user.headers)).json()["items"]
+    assert tombstone["deleted"] and tombstone["body"] == "" and tombstone["client_id"] is None
+
+
+@pg_only
+@pytest.mark.owasp("API4:2023 Unrestricted Resource Consumption")
+async def test_a_search_past_its_time_limit_is_503(
+    client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await make_user()
+    thread = await new_thread(client, user)
+    for i in range(3):
+        await send(client, user, thread["id"], f"common word {i}")
+    search = {"q": "common"}
+    assert (
+        await client.get("/api/messages/search", params=search, headers=user.headers)
+    ).status_code == 200
+    monkeypatch.setattr(messenger_settings, "search_seconds", 0.3)
+    async with engine.connect() as other:  # a statement that cannot finish in time
+        await other.exec_driver_sql("BEGIN")
+        await other.exec_driver_sql("LOCK TABLE message IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        r = await client.get("/api/messages/search", params=search, headers=user.headers)
+        assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
+        assert time.monotonic() - started < 2
+        await other.exec_driver_sql("ROLLBACK")
+    # The connection went back to the pool without the limit.
+    monkeypatch.setattr(messenger_settings, "search_seconds", 2.0)
+    assert (
+        await client.get("/api/messages/search", params=search, headers=user.headers)
+    ).status_code == 200
+    assert (
+        await client.get(f"/api/threads/{thread['id']}/messages", headers=user.headers)
+    ).status_code == 200
