@@ -129,7 +129,7 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
     finally:
         conn.info.pop("events", None)
     if events:
-        bus.committed(events)
+        await bus.committed(events)
 
 
 @asynccontextmanager

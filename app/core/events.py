@@ -11,26 +11,20 @@ unless that transaction commits. Subscribers are registered where the app is ass
 - `on`: called in every process as the transport delivers the event, in commit order
   (sockets are told, other processes' caches forget, mail senders wake).
 
-The transport carries events between processes: PostgreSQL's NOTIFY, sent inside the
-transaction and delivered on commit, in commit order, to one LISTEN connection per process;
-on SQLite (one process) a hand-over in process after the commit.
+A channel carries events between processes (app.core.channels): PostgreSQL's NOTIFY by
+default, Redis pub/sub when EVENTS_URL says so, in process on SQLite.
 """
 
-import asyncio
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Self
-from uuid import uuid4
 
-import asyncpg
-from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.settings import settings
+from app.core.channels import Channel, choose
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +113,19 @@ def publish(conn: AsyncConnection, event: Event) -> None:
     conn.info["events"].append(event)
 
 
-NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
-CHANNEL = "app_events"
-NOTIFY_LIMIT = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
-PROBE_SECONDS = 1.0  # how long a lost listener may go unnoticed, about
-
-
 class Bus:
     def __init__(self) -> None:
         self.handlers: dict[When, dict[type[Event], list[Callable[..., Any]]]] = {
             when: defaultdict(list) for when in ("in_transaction", "on_commit", "on")
         }
         self.kinds: dict[str, type[Event]] = {}
-        self.tasks: list[asyncio.Task[None]] = []
+        self.channel: Channel = Channel()
+        self.connected = False
+
+    @property
+    def ordered(self) -> bool:
+        """Whether events reach every process in commit order (else: put them in order)."""
+        return bool(self.channel.ordered)
 
     def add(self, subscription: Subscription) -> None:
         self.handlers[subscription.when][subscription.event].append(subscription.handler)
@@ -144,24 +138,20 @@ class Bus:
 
     async def before_commit(self, conn: AsyncConnection, events: list[Event]) -> None:
         """Run the in-transaction handlers (of what they publish too), then hand the events
-        to PostgreSQL's NOTIFY, inside the transaction."""
+        to a channel that sends inside the transaction (NOTIFY)."""
         done = 0
         while done < len(events):
             event = events[done]
             done += 1
             for handler in self.handlers["in_transaction"].get(type(event), ()):
                 await handler(conn, event)
-        if not settings.is_sqlite and events:
-            payloads = [self._payload(e) for e in events]
-            await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
+        await self.channel.in_transaction(conn, [self._payload(e) for e in events])
 
-    def committed(self, events: list[Event]) -> None:
+    async def committed(self, events: list[Event]) -> None:
         for event in events:
             for handler in self.handlers["on_commit"].get(type(event), ()):
                 handler(event)
-        if settings.is_sqlite:  # one process: delivered here, in commit order
-            for event in events:
-                self.deliver(event)
+        await self.channel.committed([self._payload(e) for e in events])
 
     def deliver(self, event: Event) -> None:
         for handler in self.handlers["on"].get(type(event), ()):
@@ -172,7 +162,8 @@ class Bus:
 
     def _payload(self, event: Event) -> str:
         payload = json.dumps(event.wire(), separators=(",", ":"))
-        if len(payload.encode()) > NOTIFY_LIMIT and (small := event.compact()) is not None:
+        limit = self.channel.limit
+        if limit and len(payload.encode()) > limit and (small := event.compact()) is not None:
             payload = json.dumps(small.wire(), separators=(",", ":"))
         return payload
 
@@ -181,58 +172,18 @@ class Bus:
         if (kind := self.kinds.get(data["type"])) is not None:
             self.deliver(kind.from_wire(data))
 
-    async def listen(self) -> None:
-        """PostgreSQL: one LISTEN connection per process, re-opened when it drops.
-        Subscribers hear `Listening(True)` once nothing more can be missed, and
-        `Listening(False)` as soon as something may have been."""
-        url = make_url(settings.direct_database_url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        probe, heard = f"{CHANNEL}_{uuid4().hex}", asyncio.Event()
-        connected = warned = False
-        while True:
-            conn, lost = None, asyncio.Event()
-            try:
-                conn = await asyncpg.connect(
-                    dsn, timeout=5, server_settings={"application_name": "app-events"}
-                )
-                conn.add_termination_listener(lambda _, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, lambda *args: self.receive(args[3]))
-                await conn.add_listener(probe, lambda *_: heard.set())
-                while not lost.is_set():
-                    # A notification to ourselves, end to end: a dead peer is not always
-                    # reported, and through a pooler in transaction mode LISTEN seems to
-                    # work but never hears anything.
-                    heard.clear()
-                    await conn.execute(f"NOTIFY {probe}")
-                    await asyncio.wait_for(heard.wait(), PROBE_SECONDS)
-                    if not connected:
-                        connected = True
-                        self.deliver(Listening(connected=True))
-                    with suppress(TimeoutError):  # a closed connection says so at once
-                        await asyncio.wait_for(lost.wait(), PROBE_SECONDS)
-            except Exception as exc:  # whatever broke it, listen again: events depend on it
-                if connected or not warned:
-                    warned = True
-                    log.warning("event listener cannot hear notifications: %r", exc)
-            finally:
-                if conn is not None:
-                    conn.terminate()  # never left half-open behind a failed probe
-            if connected:
-                connected = False
-                self.deliver(Listening(connected=False))
-            await asyncio.sleep(1)
+    def heard(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self.deliver(Listening(connected=connected))
 
     async def start(self) -> None:
-        if settings.is_sqlite:
-            self.deliver(Listening(connected=True))
-        else:
-            self.tasks.append(asyncio.create_task(self.listen()))
+        self.channel = choose()
+        await self.channel.start(self.receive, self.heard)
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks.clear()
+        await self.channel.stop()
+        self.heard(False)
 
 
 bus = Bus()

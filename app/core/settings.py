@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     mail_retention_days: int = 7
     # A mail still undelivered after this many attempts is given up (`failed`).
     mail_max_attempts: int = 20
+    # redis://host:port/db: events between processes over Redis instead of NOTIFY.
+    events_url: str | None = None
     metrics_enabled: bool = False
     sentry_dsn: str | None = None
 

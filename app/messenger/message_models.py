@@ -10,9 +10,9 @@ from app.core.models import Base, NoNul, RowOut, UTCDateTime, Visible, body_conf
 
 Body = Annotated[
     str,
-    Visible,
     NoNul,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
+    Visible,  # last: it runs first
     Field(schema_extra={"examples": ["See you at noon?"]}),
 ]
 ClientId = Annotated[

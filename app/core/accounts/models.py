@@ -41,9 +41,9 @@ Email = Annotated[EmailStr, AfterValidator(_lower)]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
 FullName = Annotated[
     str,
-    Visible,
     NoNul,
     Field(min_length=1, max_length=255, schema_extra={"examples": ["Ada Lovelace"]}),
+    Visible,  # last: it runs first
 ]
 
 

@@ -1,0 +1,185 @@
+"""How events travel between processes, chosen once at start-up (app.core.events.Bus):
+
+- PostgreSQL NOTIFY (the default): sent inside the writing transaction, delivered when it
+  commits, in commit order, to one LISTEN connection per process. No other server, but
+  NOTIFY takes a database-wide lock at commit, payloads stop at 8,000 bytes, and it cannot
+  pass a pooler in transaction mode (DATABASE_URL_DIRECT is for LISTEN).
+- Redis pub/sub (EVENTS_URL=redis://…): published right after the commit, so processes may
+  hear two commits in the other order; subscribers that care put them back in order.
+- In process (SQLite: one process): handed over after the commit.
+
+Each listener proves itself end to end with a message to itself every second: a
+dead peer is not always reported, and through a pooler LISTEN seems to work but never
+hears anything. `heard(True)` once nothing more can be missed, `heard(False)` at once when
+something may have been."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import redis.asyncio as redis
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.settings import settings
+
+log = logging.getLogger("app.events")
+CHANNEL = "app_events"
+# A probe each second; one that does not come back within ECHO_SECONDS means the listener
+# is lost (under load an echo can take a while: a false alarm closes every socket).
+PROBE_SECONDS, ECHO_SECONDS = 1.0, 5.0
+NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+Receive = Callable[[str], None]
+Heard = Callable[[bool], None]
+
+
+class Channel:
+    """In process: what one process commits, it hears."""
+
+    ordered = True  # delivered in commit order
+    limit: int | None = None  # largest payload in bytes, if any
+
+    def __init__(self) -> None:
+        self.receive: Receive = lambda _: None
+        self.task: asyncio.Task[None] | None = None
+
+    async def in_transaction(self, conn: AsyncConnection, payloads: list[str]) -> None:
+        pass
+
+    async def committed(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            self.receive(payload)
+
+    async def listen(self, heard: Heard) -> None:
+        heard(True)
+
+    async def start(self, receive: Receive, heard: Heard) -> None:
+        self.receive = receive
+        self.task = asyncio.create_task(self.listen(heard))
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Notify(Channel):
+    limit = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
+
+    async def in_transaction(self, conn: AsyncConnection, payloads: list[str]) -> None:
+        await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
+
+    async def committed(self, payloads: list[str]) -> None:
+        pass  # PostgreSQL delivers them as the transaction commits
+
+    async def listen(self, heard: Heard) -> None:
+        url = make_url(settings.direct_database_url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        probe, echo = f"{CHANNEL}_{uuid4().hex}", asyncio.Event()
+
+        async def session() -> None:
+            conn = await asyncpg.connect(
+                dsn, timeout=5, server_settings={"application_name": "app-events"}
+            )
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _: lost.set())
+                await conn.add_listener(CHANNEL, lambda *args: self.receive(args[3]))
+                await conn.add_listener(probe, lambda *_: echo.set())
+                await keep_proving(lambda: conn.execute(f"NOTIFY {probe}"), echo, lost, heard)
+            finally:
+                conn.terminate()  # never left half-open behind a failed probe
+
+        await reconnecting(session, heard)
+
+
+class Redis(Channel):
+    ordered = False
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    async def committed(self, payloads: list[str]) -> None:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for payload in payloads:
+                    pipe.publish(CHANNEL, payload)
+                await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            # Committed but not told: other processes see the version gap and catch up
+            # through the changes feed; their caches forget within their lifetime.
+            log.warning("events not published: %r", exc)
+
+    async def listen(self, heard: Heard) -> None:
+        probe, echo = f"{CHANNEL}_{uuid4().hex}", asyncio.Event()
+
+        async def session() -> None:
+            async with self.client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL, probe)
+                lost = asyncio.Event()
+
+                async def read() -> None:
+                    try:
+                        async for message in pubsub.listen():
+                            if message["type"] != "message":
+                                continue
+                            if message["channel"] == probe.encode():
+                                echo.set()
+                            else:
+                                self.receive(message["data"].decode())
+                    finally:
+                        lost.set()
+
+                reader = asyncio.create_task(read())
+                try:
+                    await keep_proving(lambda: self.client.publish(probe, b""), echo, lost, heard)
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+
+        await reconnecting(session, heard)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.client.aclose()
+
+
+async def keep_proving(
+    send_probe: Callable[[], Any], echo: asyncio.Event, lost: asyncio.Event, heard: Heard
+) -> None:
+    """Send ourselves a message and wait for it, again and again, until one does not come
+    back in time (TimeoutError) or the connection says it is gone."""
+    while not lost.is_set():
+        echo.clear()
+        await send_probe()
+        await asyncio.wait_for(echo.wait(), ECHO_SECONDS)
+        heard(True)
+        with suppress(TimeoutError):  # a closed connection says so at once
+            await asyncio.wait_for(lost.wait(), PROBE_SECONDS)
+
+
+async def reconnecting(session: Callable[[], Any], heard: Heard) -> None:
+    """Run a listening session again whenever it ends, whatever ended it."""
+    warned = False
+    while True:
+        try:
+            await session()
+        except Exception as exc:  # listen again: events depend on it
+            if not warned:
+                log.warning("event listener cannot hear events: %r", exc)
+            warned = True
+        else:
+            warned = False
+        heard(False)
+        await asyncio.sleep(1)
+
+
+def choose() -> Channel:
+    if settings.events_url:
+        return Redis(settings.events_url)
+    return Channel() if settings.is_sqlite else Notify()
