@@ -102,8 +102,11 @@ async def test_a_code_works_once_and_only_near_now(
 async def test_a_wrong_code_is_a_failed_login(client: AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
     factor = await turn_on(client, user)
-    for n in range(settings.login_failures_per_email):
-        r = await log_in(client, user["email"], f"{n:06d}" if n % 2 else "not-a-code")
+    wrong = ["not-a-code", "١٢٣٤٥٦", "000000" if factor.code() != "000000" else "111111"]
+    wrong += ["ééééé-ééééé", "x" * 64]
+    assert len(wrong) == settings.login_failures_per_email
+    for otp in wrong:
+        r = await log_in(client, user["email"], otp)
         assert (r.status_code, r.json()) == (401, INVALID)
     r = await log_in(client, user["email"], factor.code())
     assert r.status_code == 429 and "retry-after" in r.headers
@@ -165,7 +168,7 @@ async def test_setup_rules(client: AsyncClient, make_user: MakeUser) -> None:
     earlier, later = await set_up(client, user), await set_up(client, user)
     assert earlier != later
     step = await steady_step()
-    for code in (pyotp.TOTP(earlier).generate_otp(step), "12345", "abcdef"):
+    for code in (pyotp.TOTP(earlier).generate_otp(step), "12345", "abcdef", "١٢٣٤٥٦", "é"):
         r = await client.post("/api/auth/2fa/enable", json={"code": code}, headers=user.headers)
         assert r.status_code == 400, code  # the later setup replaced the earlier
     code = pyotp.TOTP(later).generate_otp(step)

@@ -25,8 +25,8 @@ from app.core.models import table
 from app.core.settings import settings
 
 STEP_SECONDS, DRIFT = 30, 1
-RECOVERY_CODES = 10
-# Ten base32 characters: 50 random bits a code, shown as xxxxx-xxxxx.
+# Ten recovery codes of ten base32 characters: 50 random bits each, shown as xxxxx-xxxxx.
+RECOVERY_CODES, CODE_LENGTH = 10, 10
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 NO_SETUP = "No pending two-factor setup"
 
@@ -81,6 +81,8 @@ def digest(user_id: int, code: str) -> str:
 
 def matching_step(secret: str, code: str) -> int | None:
     """The newest 30 s step within DRIFT of now whose code `code` is, or None."""
+    if not (len(code) == 6 and code.isascii() and code.isdigit()):  # "١٢٣٤٥٦" is digits too
+        return None
     totp, now = pyotp.TOTP(secret), int(time.time()) // STEP_SECONDS
     found = None
     for step in range(now - DRIFT, now + DRIFT + 1):
@@ -140,7 +142,10 @@ class TwoFactor:
             raise DomainError("Invalid two-factor code")
         await self.users.change(user.id, two_factor_enabled=True)
         await self.conn.execute(delete(codes).where(codes.c.user_id == user.id))
-        plain = ["".join(secrets.choice(_ALPHABET) for _ in range(10)) for _ in range(10)]
+        plain = [
+            "".join(secrets.choice(_ALPHABET) for _ in range(CODE_LENGTH))
+            for _ in range(RECOVERY_CODES)
+        ]
         rows = [{"user_id": user.id, "code_hash": digest(user.id, c)} for c in plain]
         await self.conn.execute(insert(codes), rows)
         return RecoveryCodes(recovery_codes=[f"{c[:5]}-{c[5:]}" for c in plain])
@@ -152,9 +157,9 @@ class TwoFactor:
         if not user.two_factor_enabled:
             return False
         code = _plain(code)
-        if len(code) == 6 and code.isdigit():
+        if len(code) == 6:
             return await self._totp(user, code)
-        if len(code) != 10:
+        if len(code) != CODE_LENGTH:
             return False
         params = {"b_id": user.id, "b_hash": digest(user.id, code)}
         return (await self.conn.execute(self._use_code, params)).first() is not None
