@@ -84,7 +84,7 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
     # Swagger UI and ReDoc are served from the app itself (the fastapi-offline package ships
     # their files), so the docs work without a CDN: offline, behind a strict proxy.
     app = FastAPIOffline(
-        title="FastAPI Boilerplate",
+        title=settings.project_name,
         description=(Path(__file__).parent / "description.md").read_text(),
         version="0.1.0",
         openapi_tags=TAGS,

@@ -17,7 +17,7 @@ async def test_signup_returns_user_private(client: AsyncClient) -> None:
     assert r.status_code == 201
     body = r.json()
     assert set(body) == {
-        "id", "email", "full_name", "scopes", "is_active", "email_verified", "pending_email", "created_at", "updated_at"
+        "id", "email", "full_name", "scopes", "is_active", "email_verified", "pending_email", "two_factor_enabled", "created_at", "updated_at"
     }  # fmt: skip
     assert body["email"] == "ann@example.com"
     assert body["scopes"] == ["regular"] and body["is_active"] is True

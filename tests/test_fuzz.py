@@ -15,7 +15,7 @@ from tests.helpers import serve
 pytestmark = pytest.mark.skipif(settings.is_sqlite, reason="runs with the PostgreSQL suite")
 
 # Calls that would end the fuzzer's own session halfway through.
-SELF_DESTRUCTIVE = ["logout_api_auth_logout_post", "delete_me_api_users_me_delete"]
+SELF_DESTRUCTIVE = ["auth-logout", "users-delete_me"]
 
 
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
@@ -44,8 +44,11 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
                 "25",
                 "--seed",
                 "20261126",
+                # One thread: with two, CPython 3.11's AST module (hypothesis parses the
+                # source of its lambdas) can fail with "AST constructor recursion depth
+                # mismatch", a crash of the fuzzer, not of the app.
                 "--workers",
-                "2",
+                "1",
                 *excluded,
             ],
             cwd=tmp_path,  # its cache lands there, not in the repository

@@ -11,6 +11,7 @@ PRIVATE = {
     "is_active",
     "email_verified",
     "pending_email",
+    "two_factor_enabled",
     "created_at",
     "updated_at",
 }

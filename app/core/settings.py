@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
+    # The app's title in the docs, and the issuer authenticator apps show for its codes.
+    project_name: str = "FastAPI Boilerplate"
     database_url: str = "sqlite+aiosqlite:///./app.db"
     secret_key: str = DEV_SECRET_KEY
     # A direct connection for LISTEN and migrations when DATABASE_URL is a pooler's.

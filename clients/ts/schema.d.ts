@@ -70,6 +70,8 @@ export interface paths {
         /**
          * Log in (OAuth2 password flow)
          * @description `username` is the email. `scope` narrows the token to some of the user's scopes (space-separated); without it the token carries all of them. Every attempt counts against the email and the client address before the password is checked; past the limits: 429.
+         *
+         *     **Two-factor login**: a user who turned it on (/api/auth/2fa/enable) sends one more form field, `otp`: the 6-digit code of the authenticator app (each code works once) or an unused recovery code. Without it, a correct password answers 401 `Two-factor code required`; a wrong code, 401 `Invalid two-factor code` (a failed login). Swagger's Authorize dialog has no such field: authorize there as a user without two-factor login, or try this route here with `otp` and paste the `access_token`.
          */
         post: operations["auth-login"];
         delete?: never;
@@ -192,6 +194,66 @@ export interface paths {
          * @description 204 and no mail when the email is verified already. Limited to MAILS_PER_USER_PER_HOUR: past it, 429.
          */
         post: operations["auth-resend_verification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/2fa/setup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start setting up two-factor login
+         * @description A new TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s) and its `otpauth://` URI for an authenticator app (show it as a QR code); shown this once. Needs the caller's password (wrong: 403, counted as a failed login). Replaces an earlier setup not yet enabled; 409 once two-factor login is on.
+         */
+        post: operations["auth-set_up_two_factor"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/2fa/enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Turn two-factor login on
+         * @description With a current code of the pending secret (wrong, or no setup pending: 400). Answers 10 single-use recovery codes, shown this once: each logs in once in place of a code, for a user without the device.
+         */
+        post: operations["auth-enable_two_factor"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/2fa/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Turn two-factor login off
+         * @description Needs the password and a current code or an unused recovery code (either wrong: 403, counted as a failed login). Deletes the secret and the recovery codes.
+         */
+        post: operations["auth-disable_two_factor"];
         delete?: never;
         options?: never;
         head?: never;
@@ -513,6 +575,38 @@ export interface components {
             /** Has More */
             has_more: boolean;
         };
+        /**
+         * DisableRequest
+         * @example {
+         *       "code": "123456",
+         *       "password": "correct horse battery"
+         *     }
+         */
+        DisableRequest: {
+            /**
+             * Password
+             * @description The caller's password
+             */
+            password: string;
+            /**
+             * Code
+             * @description A 6-digit code of the authenticator app, or a recovery code
+             */
+            code: string;
+        };
+        /**
+         * EnableRequest
+         * @example {
+         *       "code": "123456"
+         *     }
+         */
+        EnableRequest: {
+            /**
+             * Code
+             * @description A 6-digit code of the authenticator app, or a recovery code
+             */
+            code: string;
+        };
         /** HTTPValidationError */
         HTTPValidationError: {
             /** Detail */
@@ -547,6 +641,11 @@ export interface components {
             client_id?: string | null;
             /** Client Secret */
             client_secret?: string | null;
+            /**
+             * Otp
+             * @description With two-factor login on: a current TOTP code or an unused recovery code
+             */
+            otp?: string | null;
         };
         /** Member */
         Member: {
@@ -720,6 +819,11 @@ export interface components {
             /** Message Id */
             message_id: number;
         };
+        /** RecoveryCodes */
+        RecoveryCodes: {
+            /** Recovery Codes */
+            recovery_codes: string[];
+        };
         /**
          * RefreshRequest
          * @example {
@@ -758,6 +862,19 @@ export interface components {
              * Format: email
              */
             email: string;
+        };
+        /**
+         * SetupRequest
+         * @example {
+         *       "password": "correct horse battery"
+         *     }
+         */
+        SetupRequest: {
+            /**
+             * Password
+             * @description The caller's password
+             */
+            password: string;
         };
         /**
          * ThreadCreate
@@ -828,6 +945,13 @@ export interface components {
             /** Scope */
             scope: string;
         };
+        /** TwoFactorSetup */
+        TwoFactorSetup: {
+            /** Secret */
+            secret: string;
+            /** Otpauth Url */
+            otpauth_url: string;
+        };
         /**
          * UserCreate
          * @example {
@@ -876,6 +1000,8 @@ export interface components {
             email_verified: boolean;
             /** Pending Email */
             pending_email: string | null;
+            /** Two Factor Enabled */
+            two_factor_enabled: boolean;
         };
         /** UserPublic */
         UserPublic: {
@@ -886,7 +1012,7 @@ export interface components {
         };
         /**
          * UserUpdate
-         * @description What an admin may change; `scopes` needs a superuser token.
+         * @description What an admin may change; `scopes` and `two_factor_enabled` need a superuser token.
          * @example {
          *       "is_active": false,
          *       "scopes": [
@@ -904,6 +1030,11 @@ export interface components {
             is_active?: boolean | null;
             /** Scopes */
             scopes?: ("regular" | "admin" | "superuser")[] | null;
+            /**
+             * Two Factor Enabled
+             * @description `false` turns the user's two-factor login off
+             */
+            two_factor_enabled?: false | null;
         };
         /**
          * UserUpdateMe
@@ -1631,6 +1762,292 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-set_up_two_factor": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SetupRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TwoFactorSetup"];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflicts with existing data */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-enable_two_factor": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EnableRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Capacity exhausted (database, connection pool, hashing queue); see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-disable_two_factor": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DisableRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
             /** @description A limit was reached; see Retry-After */

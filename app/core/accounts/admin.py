@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.core.accounts.models import SCOPES, UserPrivate, UserPublic, UserRow, UserUpdate
 from app.core.accounts.passwords import hash_password, normalise_email, verify_password
 from app.core.accounts.tokens import Caller
+from app.core.accounts.twofactor import TwoFactor
 from app.core.accounts.users import MailTokens, Users
 from app.core.db import begin, connect
 from app.core.errors import Conflict, Forbidden, NotFound
@@ -57,6 +58,10 @@ async def update_user(
     users = Users(conn)
     target, superusers = await _managed(users, admin, user_id)
     changes = body.model_dump(exclude_unset=True)
+    # Only `false` passes validation: for a user who lost both device and recovery codes.
+    two_factor_off = changes.pop("two_factor_enabled", None) is False
+    if two_factor_off and "superuser" not in admin.granted:
+        raise Forbidden("Turning two-factor login off needs a superuser")
     if "scopes" in changes:
         if "superuser" not in admin.granted:
             raise Forbidden("Changing scopes needs a superuser")
@@ -77,6 +82,8 @@ async def update_user(
         changes |= {"email_verified": False, "pending_email": None}
         await MailTokens(conn).void(target.id, "reset")
         await MailTokens(conn).mail("verify", target.id, changes["email"])
+    if two_factor_off:
+        await TwoFactor(conn).turn_off(target.id)
     return await users.change(target.id, **changes)
 
 

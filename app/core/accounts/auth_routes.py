@@ -1,5 +1,5 @@
-"""Signing up, logging in and out, refreshing, resets and verification: each route hands
-its request to app.core.accounts.service."""
+"""Signing up, logging in and out, refreshing, resets, verification and two-factor login:
+each route hands its request to app.core.accounts.service (or .twofactor)."""
 
 from typing import Annotated
 
@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 from app.core.accounts import service
 from app.core.accounts.models import Email, Password, UserCreate, UserPrivate, UserRow
 from app.core.accounts.tokens import TokenPair
+from app.core.accounts.twofactor import RecoveryCodes, TwoFactor, TwoFactorSetup
 from app.core.accounts.users import Users
-from app.core.deps import AnyScopeUser, ClientAddress, CurrentUser, WriteDb
+from app.core.deps import AnyScopeUser, ClientAddress, CurrentUser, UserNoDb, WriteDb
 from app.core.http import Route, errors
 from app.core.models import NoNul, body_config
 
@@ -44,6 +45,12 @@ class LoginForm(BaseModel):
     scope: str = Field(default="", max_length=200, description="Space-separated scopes")
     client_id: str | None = Field(default=None, max_length=200)
     client_secret: str | None = Field(default=None, max_length=200)
+    # An extra parameter of the token request, as OAuth2 allows (RFC 6749, 4.3.2).
+    otp: Annotated[str, NoNul] | None = Field(
+        default=None,
+        max_length=64,
+        description="With two-factor login on: a current TOTP code or an unused recovery code",
+    )
 
 
 @router.post(
@@ -53,11 +60,17 @@ class LoginForm(BaseModel):
     description="`username` is the email. `scope` narrows the token to some of the "
     "user's scopes (space-separated); without it the token carries all of them. Every "
     "attempt counts against the email and the client address before the password is "
-    "checked; past the limits: 429.",
+    "checked; past the limits: 429.\n\n"
+    "**Two-factor login**: a user who turned it on (/api/auth/2fa/enable) sends one more "
+    "form field, `otp`: the 6-digit code of the authenticator app (each code works once) "
+    "or an unused recovery code. Without it, a correct password answers 401 `Two-factor "
+    "code required`; a wrong code, 401 `Invalid two-factor code` (a failed login). "
+    "Swagger's Authorize dialog has no such field: authorize there as a user without "
+    "two-factor login, or try this route here with `otp` and paste the `access_token`.",
     responses=errors(401, 403, 429),
 )
 async def login(address: ClientAddress, form: Annotated[LoginForm, Form()]) -> TokenPair:
-    return await service.log_in(form.username, form.password, form.scope, address)
+    return await service.log_in(form.username, form.password, form.scope, address, form.otp)
 
 
 class RefreshRequest(BaseModel):
@@ -165,3 +178,70 @@ async def resend_verification(user: CurrentUser, db: WriteDb) -> Accepted | Resp
     if not await service.resend_verification(db, user):
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return Accepted(detail="A verification mail is on its way")
+
+
+class SetupRequest(BaseModel):
+    model_config = body_config({"password": "correct horse battery"})
+
+    password: str = Field(max_length=128, description="The caller's password")
+
+
+Code = Annotated[
+    str,
+    NoNul,
+    Field(max_length=64, description="A 6-digit code of the authenticator app, or a recovery code"),
+]
+
+
+class EnableRequest(BaseModel):
+    model_config = body_config({"code": "123456"})
+
+    code: Code
+
+
+class DisableRequest(BaseModel):
+    model_config = body_config({"password": "correct horse battery", "code": "123456"})
+
+    password: str = Field(max_length=128, description="The caller's password")
+    code: Code
+
+
+@router.post(
+    "/2fa/setup",
+    response_model=TwoFactorSetup,
+    summary="Start setting up two-factor login",
+    description="A new TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s) and its `otpauth://` "
+    "URI for an authenticator app (show it as a QR code); shown this once. Needs the "
+    "caller's password (wrong: 403, counted as a failed login). Replaces an earlier setup "
+    "not yet enabled; 409 once two-factor login is on.",
+    responses=errors(401, 403, 409, 429),
+)
+async def set_up_two_factor(
+    user: UserNoDb, address: ClientAddress, body: SetupRequest
+) -> TwoFactorSetup:
+    return await service.set_up_two_factor(user, body.password, address)
+
+
+@router.post(
+    "/2fa/enable",
+    response_model=RecoveryCodes,
+    summary="Turn two-factor login on",
+    description="With a current code of the pending secret (wrong, or no setup pending: "
+    "400). Answers 10 single-use recovery codes, shown this once: each logs in once in "
+    "place of a code, for a user without the device.",
+    responses=errors(401, 403),
+)
+async def enable_two_factor(user: CurrentUser, db: WriteDb, body: EnableRequest) -> RecoveryCodes:
+    return await TwoFactor(db).enable(user.id, body.code)
+
+
+@router.post(
+    "/2fa/disable",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Turn two-factor login off",
+    description="Needs the password and a current code or an unused recovery code (either "
+    "wrong: 403, counted as a failed login). Deletes the secret and the recovery codes.",
+    responses=errors(401, 403, 429),
+)
+async def disable_two_factor(user: UserNoDb, address: ClientAddress, body: DisableRequest) -> None:
+    await service.disable_two_factor(user, body.password, body.code, address)

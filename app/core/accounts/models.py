@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, EmailStr
+from pydantic import AfterValidator, EmailStr, StrictBool
 from sqlalchemy import JSON, false
 from sqlmodel import Field, SQLModel
 
@@ -47,6 +47,19 @@ FullName = Annotated[
 ]
 
 
+def _off(value: bool) -> bool:
+    if value:
+        raise ValueError("only false: a user turns two-factor login on itself")
+    return value
+
+
+# Only ever switched off by an admin (for a user who lost device and codes); StrictBool,
+# not Literal[False], which would take a JSON 0.
+TwoFactorOff = Annotated[
+    StrictBool, AfterValidator(_off), Field(schema_extra={"json_schema_extra": {"const": False}})
+]
+
+
 class UserBase(SQLModel):
     email: Email = Field(max_length=EMAIL_LENGTH)
     full_name: FullName = Field(max_length=255)
@@ -61,6 +74,11 @@ class User(UserBase, Base, table=True):
     pending_email: str | None = Field(default=None, max_length=EMAIL_LENGTH)
     # Part of every token; bumping it revokes all tokens issued before.
     token_version: int = 0
+    # Two-factor login (app.core.accounts.twofactor): the TOTP secret, encrypted; pending
+    # until a first code enables it. The newest 30 s step accepted: no code works twice.
+    two_factor_enabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    totp_secret: str | None = Field(default=None, max_length=255)
+    totp_last_step: int | None = None
 
     # A deleted user's email can register again.
     __table_args__ = (unique_live("uq_user_email_live", "email"),)
@@ -88,6 +106,17 @@ class MailToken(Base, table=True):
     email: str = Field(max_length=EMAIL_LENGTH)
     token_hash: str = Field(max_length=64, unique=True)
     expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RecoveryCode(SQLModel, table=True):
+    """An unused recovery code of a user, as its keyed hash; using one deletes it. A table
+    rather than a JSON list on the user: using a code is then one DELETE of one row, which
+    two racing logins cannot both win, with no read-modify-write of a list."""
+
+    __tablename__ = "recovery_code"
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    code_hash: str = Field(max_length=64, primary_key=True)
 
 
 class TokenRow(SQLModel):
@@ -118,6 +147,7 @@ class UserPrivate(RowOut):
     is_active: bool
     email_verified: bool
     pending_email: str | None
+    two_factor_enabled: bool
 
 
 class UserRow(UserPrivate):
@@ -126,6 +156,8 @@ class UserRow(UserPrivate):
     hashed_password: str
     token_version: int
     deleted: bool
+    totp_secret: str | None
+    totp_last_step: int | None
 
 
 class UserUpdateMe(Patch):
@@ -144,7 +176,7 @@ class UserUpdateMe(Patch):
 
 
 class UserUpdate(Patch):
-    """What an admin may change; `scopes` needs a superuser token."""
+    """What an admin may change; `scopes` and `two_factor_enabled` need a superuser token."""
 
     model_config = body_config({"is_active": False, "scopes": ["regular", "admin"]})
 
@@ -152,3 +184,6 @@ class UserUpdate(Patch):
     email: Email | None = None
     is_active: bool | None = None
     scopes: list[Scope] | None = None
+    two_factor_enabled: TwoFactorOff | None = Field(
+        default=None, description="`false` turns the user's two-factor login off"
+    )

@@ -1,7 +1,8 @@
 """The rules of an account that a request follows: signing up, logging in, changing one's
-own password or email, resets and verification. Each opens its own short transactions, so
-no connection is held while a password is hashed."""
+own password or email, resets, verification, turning the second factor on and off. Each
+opens its own short transactions, so no connection is held while a password is hashed."""
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,6 +18,7 @@ from app.core.accounts.tokens import (
     refresh_session,
     start_session,
 )
+from app.core.accounts.twofactor import TwoFactor, TwoFactorSetup
 from app.core.accounts.users import MailTokens, Users
 from app.core.db import begin
 from app.core.errors import DomainError, Forbidden, Invalid, NotFound, TooManyAttempts, Unauthorized
@@ -25,30 +27,60 @@ from app.core.settings import settings
 
 HOUR = timedelta(hours=1)
 BAD_TOKEN = "Invalid or expired token"
+CODE_REQUIRED, BAD_CODE = "Two-factor code required", "Invalid two-factor code"
 
 
-async def count_attempt(conn: AsyncConnection, email: str, address: str) -> datetime:
-    """Count a password attempt before it is checked, so parallel guesses cannot slip past
-    the limits. The address window's start, to take the attempt back if it was good."""
+@dataclass(frozen=True)
+class Attempt:
+    """A password attempt, counted under its email and its client address before it is
+    checked, so parallel guesses cannot slip past the limits. It stays counted (a failed
+    login) unless it is taken back."""
+
+    email: str
+    address: str
+    email_window: datetime
+    address_window: datetime
+
+    async def succeeded(self, conn: AsyncConnection) -> None:
+        """A good password: the email's failures are forgotten, and this attempt does not
+        count against the address (an office behind one address logs in all morning)."""
+        await limits.forget(conn, f"email:{self.email}")
+        await limits.uncount(conn, f"addr:{self.address}", self.address_window)
+
+    async def withdrawn(self, conn: AsyncConnection) -> None:
+        """No attempt after all (a good password, sent without its second factor): taken
+        back from both counts, while the email's earlier failures stay, so asking for the
+        code cannot wipe out failed guesses of it."""
+        await limits.uncount(conn, f"email:{self.email}", self.email_window)
+        await limits.uncount(conn, f"addr:{self.address}", self.address_window)
+
+
+async def count_attempt(conn: AsyncConnection, email: str, address: str) -> Attempt:
     window = timedelta(seconds=settings.login_failure_window_seconds)
     allowed = settings.login_failures_per_email
-    await limits.limit(conn, f"email:{email}", allowed, window, TooManyAttempts)
+    by_email = await limits.limit(conn, f"email:{email}", allowed, window, TooManyAttempts)
     allowed = settings.login_failures_per_address
-    return await limits.limit(conn, f"addr:{address}", allowed, window, TooManyAttempts)
+    by_address = await limits.limit(conn, f"addr:{address}", allowed, window, TooManyAttempts)
+    return Attempt(email, address, by_email, by_address)
 
 
-async def check_password(user: Caller | UserRow, password: str, address: str) -> UserRow:
-    """The caller's own password again (to change it, or its email): counted as a login
-    attempt, so guessing ends in 429. The user's row, hash included."""
+async def verified(user: Caller | UserRow, password: str, address: str) -> tuple[UserRow, Attempt]:
+    """The caller's own password again (to change it, its email or its second factor):
+    counted as a login attempt, so guessing ends in 429; 403 when wrong. The user's row,
+    hash included, and the attempt, still counted."""
     async with begin() as conn:
-        start = await count_attempt(conn, user.email, address)
+        attempt = await count_attempt(conn, user.email, address)
         row = await Users(conn).get(user.id)
     ok, _ = await verify_password(password, row.hashed_password if row else None)
     if row is None or not ok:
         raise Forbidden("Current password is wrong")
+    return row, attempt
+
+
+async def check_password(user: Caller | UserRow, password: str, address: str) -> UserRow:
+    row, attempt = await verified(user, password, address)
     async with begin() as conn:
-        await limits.forget(conn, f"email:{user.email}")
-        await limits.uncount(conn, f"addr:{address}", start)
+        await attempt.succeeded(conn)
     return row
 
 
@@ -70,25 +102,32 @@ async def sign_up(body: UserCreate, address: str) -> UserRow:
     return user
 
 
-async def log_in(username: str, password: str, scope: str, address: str) -> TokenPair:
+async def log_in(
+    username: str, password: str, scope: str, address: str, otp: str | None = None
+) -> TokenPair:
     requested = scope.split()
     if unknown := set(requested) - SCOPES.keys():
         raise DomainError(f"Unknown scope: {min(unknown)}")
     # What is no email is counted (and refused) under its own text, less what no row holds.
     email = normalise_email(username) or username.strip().lower().replace("\x00", "")
     async with begin() as conn:  # counted and committed before the check
-        start = await count_attempt(conn, email, address)
+        attempt = await count_attempt(conn, email, address)
         user = await Users(conn).by_email(email)
     ok, new_hash = await verify_password(password, user.hashed_password if user else None)
+    # Nothing about a second factor before this line: a wrong password answers alike.
     if not ok or user is None or not user.is_active:
         raise Unauthorized("Incorrect email or password")
     if settings.email_verification_required and not user.email_verified:
         raise Forbidden("Email not verified")
+    if user.two_factor_enabled and not otp:
+        async with begin() as conn:
+            await attempt.withdrawn(conn)
+        raise Unauthorized(CODE_REQUIRED)
     async with begin() as conn:
-        # A good password: the email's failures are forgotten, and this attempt does not
-        # count against the address (an office behind one address logs in all morning).
-        await limits.forget(conn, f"email:{email}")
-        await limits.uncount(conn, f"addr:{address}", start)
+        await attempt.succeeded(conn)
+        # A wrong code rolls this back: the attempt stays counted, as a failed login.
+        if user.two_factor_enabled and not await TwoFactor(conn).accept(user, otp or ""):
+            raise Unauthorized(BAD_CODE)
         users = Users(conn)
         if new_hash:  # the cost settings were raised since this hash was made
             await users.update(user.id, hashed_password=new_hash)
@@ -129,6 +168,24 @@ async def change_me(caller: Caller, body: UserUpdateMe, address: str) -> UserPri
         if body.password is not None:
             await tokens.void(user.id, "reset")
         return await users.change(user.id, **changes)
+
+
+async def set_up_two_factor(caller: Caller, password: str, address: str) -> TwoFactorSetup:
+    await check_password(caller, password, address)
+    async with begin() as conn:
+        return await TwoFactor(conn).set_up(caller.id)
+
+
+async def disable_two_factor(caller: Caller, password: str, code: str, address: str) -> None:
+    """The password and a code: a stolen access token alone cannot turn the second factor
+    off. Either one wrong: 403, a failed login."""
+    row, attempt = await verified(caller, password, address)
+    async with begin() as conn:
+        await attempt.succeeded(conn)  # rolled back with a wrong code
+        factor = TwoFactor(conn)
+        if not await factor.accept(row, code):
+            raise Forbidden(BAD_CODE)
+        await factor.turn_off(row.id)
 
 
 async def resend_verification(conn: AsyncConnection, caller: Caller) -> bool:

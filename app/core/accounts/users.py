@@ -17,6 +17,8 @@ from app.core.repository import Keyset, Repository, encode_cursor, live
 from app.core.settings import settings
 
 users, sessions, tokens = table(User), table(AuthSession), table(MailToken)
+# Columns only the checks of a password or a code read: never part of a Caller.
+SECRETS = {"hashed_password", "totp_secret", "totp_last_step"}
 
 
 def holds(scope: str) -> ColumnElement[bool]:
@@ -29,9 +31,9 @@ class Users(Repository[UserRow]):
     conflict = "A user with this email already exists"
 
     _by_email = select(users).where(live(users), users.c.email == bindparam("email"))
-    # The token's user (not its password hash), and its login still valid.
+    # The token's user (not its password hash or TOTP secret), and its login still valid.
     _for_token = (
-        select(*(c for c in users.c if c.name != "hashed_password"))
+        select(*(c for c in users.c if c.name not in SECRETS))
         .join(sessions, sessions.c.user_id == users.c.id)
         .where(
             users.c.id == bindparam("id"),
