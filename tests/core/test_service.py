@@ -1,19 +1,18 @@
-"""The service as deployed: `python -m app` in a real process, settings, migrations."""
+"""The service as deployed: `python -m app` in a real process, its health, the settings it
+refuses, and its worker processes."""
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from pathlib import Path
 from uuid import uuid4
 
 import httpx
 import pytest
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.settings import settings
-from tests.helpers import ROOT, clean_env, serve
+from tests.helpers import API8, clean_env, fetch, login, pg_only, serve, serve_suite_db, signup
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -41,8 +40,9 @@ def test_python_m_app_serves_docs_on_a_fresh_sqlite(tmp_path: Path) -> None:
     assert (tmp_path / "app.db").exists()
 
 
-@pytest.mark.parametrize("key", [None, "dev-secret-key-change-me", "change-me"])
-def test_production_refuses_a_sample_secret_key(tmp_path: Path, key: str | None) -> None:
+@API8
+@pytest.mark.parametrize("key", [None, "dev-secret-key-change-me", "change-me", "short", "x" * 31])
+def test_production_refuses_a_sample_or_short_secret_key(tmp_path: Path, key: str | None) -> None:
     env = clean_env(ENVIRONMENT="production")
     env.pop("SECRET_KEY", None)
     if key is not None:
@@ -52,7 +52,8 @@ def test_production_refuses_a_sample_secret_key(tmp_path: Path, key: str | None)
     )
     assert proc.returncode != 0
     lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "SECRET_KEY" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("Refusing to start"), lines
+    assert "SECRET_KEY" in lines[0], lines
 
 
 def test_production_starts_with_a_real_key(tmp_path: Path) -> None:
@@ -60,49 +61,28 @@ def test_production_starts_with_a_real_key(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/api/health/ready").status_code == 200
 
 
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    """An empty database of the kind the suite runs on."""
-    if settings.is_sqlite:
-        path = Path(make_url(settings.async_database_url).database or "").with_name("scratch.db")
-        path.unlink(missing_ok=True)
-        yield f"sqlite+aiosqlite:///{path}"
-        return
-    import asyncio
-
-    url = make_url(settings.async_database_url)
-    name = f"scratch_{uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        engine = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-        await engine.dispose()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
+def test_sqlite_serves_with_one_worker_and_says_why(tmp_path: Path) -> None:
+    with serve(tmp_path, WORKERS="2") as base:
+        assert httpx.get(f"{base}/api/health").status_code == 200
+    log = (tmp_path / "server.log").read_text()
+    assert "WORKERS=2 ignored: SQLite serves from one process" in log
 
 
-def test_migrations_up_down_up(tmp_path: Path) -> None:
-    with scratch_database() as url:
+@pg_only
+async def test_two_workers_listen_and_share_login_limits(tmp_path: Path) -> None:
+    with serve_suite_db(tmp_path, WORKERS="2") as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await signup(http, "ada@w.example")).status_code == 201
+        # One listener per worker process, besides this test process's own.
+        listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'app-events' AND datname = current_database()"
+        deadline = time.monotonic() + 10
+        while (await fetch(listeners))[0][0] < 3:
+            assert time.monotonic() < deadline, await fetch(listeners)
+            await asyncio.sleep(0.1)
 
-        def alembic(*args: str) -> str:
-            proc = subprocess.run(
-                [sys.executable, "-m", "alembic", *args],
-                cwd=ROOT,
-                env=clean_env(DATABASE_URL=url),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert proc.returncode == 0, proc.stderr
-            return proc.stdout + proc.stderr
+        async def guess() -> int:
+            async with httpx.AsyncClient(base_url=base) as own:  # a connection each
+                return (await login(own, "ada@w.example", "wrong password")).status_code
 
-        alembic("upgrade", "head")
-        assert "No new upgrade operations detected" in alembic("check")
-        alembic("downgrade", "base")
-        alembic("upgrade", "head")
-        assert "(head)" in alembic("current")
+        codes = [await guess() for _ in range(settings.login_failures_per_email + 1)]
+        assert codes[-1] == 429 and codes.count(401) == settings.login_failures_per_email
