@@ -8,6 +8,7 @@ is first imported, and bench/ drives servers it starts itself, with their own se
 import asyncio
 import email
 import email.policy
+import base64
 import json
 import os
 import re
@@ -21,16 +22,36 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import asyncpg
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import make_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 APP = (sys.executable, "-m", "app")
+# uvicorn as its own command line runs the app: its logging config, its access log.
+PLAIN_UVICORN = (sys.executable, "-m", "uvicorn", "app.main:app", "--port", "{port}")
+
+# --------------------------------------------------------------------------- marks
+
+# conftest sets DATABASE_URL before this module is first imported.
+ON_SQLITE = os.environ.get("DATABASE_URL", "sqlite").startswith("sqlite")
+pg_only = pytest.mark.skipif(ON_SQLITE, reason="needs PostgreSQL")
+sqlite_only = pytest.mark.skipif(not ON_SQLITE, reason="about SQLite's locking")
+
+# The OWASP API Security Top 10 (2023) category a security test checks: `pytest -m owasp`.
+API1 = pytest.mark.owasp("API1:2023 Broken Object Level Authorization")
+API2 = pytest.mark.owasp("API2:2023 Broken Authentication")
+API3 = pytest.mark.owasp("API3:2023 Broken Object Property Level Authorization")
+API4 = pytest.mark.owasp("API4:2023 Unrestricted Resource Consumption")
+API5 = pytest.mark.owasp("API5:2023 Broken Function Level Authorization")
+API8 = pytest.mark.owasp("API8:2023 Security Misconfiguration")
 
 # --------------------------------------------------------------------------- processes
 
@@ -67,14 +88,14 @@ def start(
     ready: str = "/api/health",
     timeout: float = 30,
 ) -> Iterator[Server]:
-    """`argv` (`python -m app` by default) on a free port (given to it as PORT), run in
-    `cwd` with exactly `env`, its output in `log`; yielded once `ready` answers 200,
-    stopped on exit."""
+    """`argv` (`python -m app` by default) on a free port (given to it as PORT, and in place
+    of `{port}` in `argv`), run in `cwd` with exactly `env`, its output in `log`; yielded
+    once `ready` answers 200, stopped on exit."""
     port = free_port()
     log = log or cwd / "server.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            list(argv),
+            [arg.replace("{port}", str(port)) for arg in argv],
             cwd=cwd,
             env={**env, "PORT": str(port)},
             stdout=out,
@@ -111,7 +132,45 @@ def serve(cwd: Path, **env: str) -> Iterator[str]:
         yield server.base
 
 
+@contextmanager
+def serve_suite_db(cwd: Path, **env: str) -> Iterator[str]:
+    """`serve` on the suite's own database (so the test sees what the process stores), with
+    extra settings; `cwd` is made if missing."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    with serve(cwd, DATABASE_URL=os.environ["DATABASE_URL"], **env) as base:
+        yield base
+
+
+@contextmanager
+def scratch_postgres(url: str, prefix: str = "scratch") -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `url`, dropped on exit: its URL."""
+    server = make_url(url).set(drivername="postgresql")
+    name = f"{prefix}_{uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        dsn = server.set(database="postgres").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
 # --------------------------------------------------------------------------- HTTP
+
+# The fields of the contract's UserPublic and UserPrivate.
+USER_PUBLIC = {"id", "full_name"}
+USER_PRIVATE = {
+    "id", "email", "full_name", "scopes", "is_active", "email_verified", "pending_email",
+    "two_factor_enabled",
+    "created_at", "updated_at",
+}  # fmt: skip
 
 
 class User(dict[str, Any]):
@@ -138,12 +197,23 @@ async def login(
     return await client.post("/api/auth/token", data=form)
 
 
+async def signup(
+    client: httpx.AsyncClient, email: str, password: str = PASSWORD, full_name: str = "Test User"
+) -> httpx.Response:
+    body = {"email": email, "password": password, "full_name": full_name}
+    return await client.post("/api/auth/signup", json=body)
+
+
+async def me(client: httpx.AsyncClient, access_token: str) -> int:
+    """The status of GET /api/users/me with this token: 200, or 401 once it is revoked."""
+    return (await client.get("/api/users/me", headers=bearer(access_token))).status_code
+
+
 async def sign_up(
     client: httpx.AsyncClient, email: str, full_name: str, password: str = PASSWORD
 ) -> User:
     """A new user, logged in."""
-    body = {"email": email, "password": password, "full_name": full_name}
-    r = await client.post("/api/auth/signup", json=body)
+    r = await signup(client, email, password, full_name)
     assert r.status_code == 201, r.text
     token = await login(client, email, password)
     assert token.status_code == 200, token.text
@@ -174,6 +244,22 @@ async def page(client: httpx.AsyncClient, user: User, thread: Any, **params: Any
     assert r.status_code == 200, r.text
     assert set(r.json()) == {"items", "has_more"}
     return r.json()
+
+
+def mass_assignment(other_id: int) -> dict[str, Any]:
+    """Fields no client may set, with values that would matter if one could."""
+    return {
+        "id": 99999, "owner_id": other_id, "author_id": other_id, "thread_id": 1,
+        "scopes": ["regular", "admin", "superuser"], "is_active": False, "deleted": True,
+        "token_version": 7, "hashed_password": "x", "created_at": "2000-01-01T00:00:00Z",
+        "edited_at": "2000-01-01T00:00:00Z", "last_read_message_id": 10**9,
+        "unread_count": 5, "members": [],
+    }  # fmt: skip
+
+
+def encode_cursor(value: Any) -> str:
+    """A page cursor as the API writes them: JSON in unpadded URL-safe base64."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
 # --------------------------------------------------------------------------- WebSocket

@@ -2,7 +2,7 @@
 schema as TypeScript types, by openapi-typescript from node_modules (`npm ci` first).
 
 The schema comes from the app object itself, so no server needs to run. `make client`
-calls this; tests/test_client.py calls it into a scratch folder to catch drift.
+calls this; tests/project/test_client.py calls it into a scratch folder to catch drift.
 """
 
 import importlib

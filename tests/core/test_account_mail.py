@@ -12,9 +12,9 @@ from sqlalchemy import text
 from app.core.db import engine
 from app.core.models import utcnow
 from app.core.settings import settings
-from tests.helpers import PASSWORD, Inbox, MakeUser, fetch, login, token_of
+from tests.helpers import API2, PASSWORD, Inbox, MakeUser, fetch, login, token_of
 
-pytestmark = pytest.mark.owasp("API2:2023 Broken Authentication")
+pytestmark = API2
 ME = "/api/users/me"
 
 

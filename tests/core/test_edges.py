@@ -8,9 +8,9 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from tests.helpers import PASSWORD, MakeUser, clean_env, serve
+from tests.helpers import API5, API8, PASSWORD, MakeUser, clean_env, serve
 
-pytestmark = pytest.mark.owasp("API8:2023 Security Misconfiguration")
+pytestmark = API8
 
 
 @pytest.mark.parametrize("path", ["/api/auth/verify-email", "/api/auth/password-reset/confirm"])
@@ -65,7 +65,7 @@ def test_production_refuses_a_key_of_few_different_characters(tmp_path: Path, ke
     assert proc.returncode != 0 and b"SECRET_KEY" in proc.stderr
 
 
-@pytest.mark.owasp("API5:2023 Broken Function Level Authorization")
+@API5
 async def test_the_last_superuser_cannot_delete_itself(
     client: AsyncClient, make_user: MakeUser
 ) -> None:

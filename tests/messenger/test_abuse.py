@@ -15,6 +15,9 @@ from app.core.db import engine
 from app.core.settings import settings
 from app.messenger.settings import messenger_settings
 from tests.helpers import (
+    API1,
+    API2,
+    API4,
     PASSWORD,
     MakeUser,
     User,
@@ -33,7 +36,7 @@ from tests.helpers import (
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
 
 
-@pytest.mark.owasp("API1:2023 Broken Object Level Authorization")
+@API1
 async def test_a_deletion_racing_adds_leaves_the_user_in_no_thread(
     client: AsyncClient, make_user: MakeUser
 ) -> None:
@@ -55,7 +58,7 @@ async def test_a_deletion_racing_adds_leaves_the_user_in_no_thread(
         assert live == [], round
 
 
-@pytest.mark.owasp("API4:2023 Unrestricted Resource Consumption")
+@API4
 async def test_a_socket_that_sends_more_than_4_kib_is_closed_unread(tmp_path: Path) -> None:
     """No compression is offered (no small frame inflates into a big one), and a message over
     4 KiB closes the socket with 1009 before it is read whole: the server's memory stays."""
@@ -96,7 +99,7 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.owasp("API2:2023 Broken Authentication")
+@API2
 async def test_a_reused_refresh_token_closes_that_logins_sockets(
     client: AsyncClient, live_server: str, make_user: MakeUser
 ) -> None:
@@ -117,7 +120,7 @@ async def test_a_reused_refresh_token_closes_that_logins_sockets(
 
 
 @pg_only
-@pytest.mark.owasp("API2:2023 Broken Authentication")
+@API2
 async def test_a_reused_refresh_token_closes_sockets_on_every_process(
     client: AsyncClient, make_user: MakeUser, tmp_path: Path
 ) -> None:
@@ -159,7 +162,7 @@ async def test_tombstones_keep_no_client_id(client: AsyncClient, make_user: Make
 
 
 @pg_only
-@pytest.mark.owasp("API4:2023 Unrestricted Resource Consumption")
+@API4
 async def test_a_search_past_its_time_limit_is_503(
     client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:

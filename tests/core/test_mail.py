@@ -5,35 +5,37 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from statistics import median
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.settings import settings
 from tests.helpers import (
+    API2,
+    API4,
+    API8,
     MAIL_FRONTEND,
     PASSWORD,
     ROOT,
-    Inbox,
-    MakeUser,
     fetch,
+    free_port,
+    Inbox,
     login,
+    MakeUser,
+    pg_only,
+    scratch_postgres,
     serve,
+    signup,
     token_of,
 )
 
 FRONTEND = MAIL_FRONTEND
-
-
-async def signup(client: httpx.AsyncClient, address: str) -> httpx.Response:
-    body = {"email": address, "password": PASSWORD, "full_name": "Mail Test"}
-    return await client.post("/api/auth/signup", json=body)
 
 
 async def test_signup_mails_a_verification_link(client: httpx.AsyncClient, inbox: Inbox) -> None:
@@ -81,6 +83,7 @@ async def test_resend_and_email_change(
     assert me["email"] == "new@example.com" and me["email_verified"] and me["pending_email"] is None
 
 
+@API2
 async def test_verification_token_expires(
     client: httpx.AsyncClient, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,6 +127,7 @@ async def test_a_reset_verifies_the_email_it_was_mailed_to(
     assert me.json()["email_verified"] is True
 
 
+@API2
 async def test_password_reset_flow(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
 ) -> None:
@@ -151,6 +155,7 @@ async def test_password_reset_flow(
     assert (await login(client, user["email"], new["password"])).status_code == 200
 
 
+@API2
 async def test_reset_token_expires(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +167,7 @@ async def test_reset_token_expires(
     assert (await client.post("/api/auth/password-reset/confirm", json=body)).status_code == 400
 
 
+@API2
 async def test_reset_answers_alike_for_unknown_emails(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
 ) -> None:
@@ -189,6 +195,7 @@ async def test_reset_answers_alike_for_unknown_emails(
     assert r.status_code == 422
 
 
+@API4
 async def test_reset_requests_are_limited(client: httpx.AsyncClient) -> None:
     for _ in range(settings.login_failures_per_email):
         r = await client.post("/api/auth/password-reset", json={"email": "x@example.com"})
@@ -227,35 +234,22 @@ async def test_mail_waits_out_an_smtp_outage(client: httpx.AsyncClient, inbox: I
 
 
 @pytest.fixture
-async def scratch_db() -> AsyncIterator[str]:
+def scratch_db() -> Iterator[str]:
     """A database of its own for server processes (the test process's sender must not
-    take their mail): PostgreSQL h_mail_procs at head, or nothing (SQLite: a file each)."""
+    take their mail): a new PostgreSQL database at head, or nothing (SQLite: a file each)."""
     if settings.is_sqlite:
         yield ""
         return
-    url = make_url(settings.database_url).set(database="h_mail_procs")
-    admin = create_async_engine(settings.async_database_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        if not (
-            await conn.execute(text("SELECT 1 FROM pg_database WHERE datname='h_mail_procs'"))
-        ).first():
-            await conn.execute(text("CREATE DATABASE h_mail_procs"))
-    await admin.dispose()
-    dsn = url.render_as_string(hide_password=False)
-    procs = create_async_engine(dsn.replace("postgresql://", "postgresql+asyncpg://"))
-    async with procs.begin() as conn:
-        await conn.execute(text("DROP SCHEMA public CASCADE"))
-        await conn.execute(text("CREATE SCHEMA public"))
-    await procs.dispose()
-    env = {"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"}
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    yield dsn
+    with scratch_postgres(settings.database_url, "mail") as dsn:
+        env = {"DATABASE_URL": dsn, "PATH": "/usr/bin:/bin"}
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        yield dsn
 
 
 def smtp_env(box: Inbox, db: str) -> dict[str, str]:
@@ -264,6 +258,7 @@ def smtp_env(box: Inbox, db: str) -> dict[str, str]:
     return env | ({"DATABASE_URL": db} if db else {})
 
 
+@API8
 async def test_tokens_appear_in_no_log_line(tmp_path: Path, scratch_db: str) -> None:
     box = Inbox()
     box.controller.start()
@@ -296,7 +291,7 @@ async def test_development_without_smtp_logs_the_mail(tmp_path: Path, scratch_db
     assert any("dev@example.com" in ln and "/verify-email?token=" in ln for ln in lines), lines
 
 
-@pytest.mark.skipif(settings.is_sqlite, reason="several processes share PostgreSQL only")
+@pg_only
 async def test_two_processes_send_each_mail_once(tmp_path: Path, scratch_db: str) -> None:
     box = Inbox()
     box.controller.start()

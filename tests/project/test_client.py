@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import clean_env
+from tests.helpers import ROOT, clean_env
 
-TS = Path(__file__).resolve().parent.parent / "clients" / "ts"
+TS = ROOT / "clients" / "ts"
 BIN = TS / "node_modules" / ".bin"
 
 if shutil.which("node") is None:

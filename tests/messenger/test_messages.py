@@ -6,7 +6,19 @@ import httpx
 from httpx import AsyncClient
 
 from app.main import app
-from tests.helpers import MakeUser, count_statements, fetch, new_thread, page, send
+from tests.helpers import (
+    API1,
+    API3,
+    API4,
+    MakeUser,
+    assert_silent,
+    count_statements,
+    fetch,
+    listen,
+    new_thread,
+    page,
+    send,
+)
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
@@ -33,9 +45,15 @@ async def test_send(client: AsyncClient, make_user: MakeUser) -> None:
     assert listed["last_message_at"] == message["created_at"]
 
 
+@API4
 async def test_body_limits(client: AsyncClient, make_user: MakeUser) -> None:
     me = await make_user()
     url = messages_url(await new_thread(client, me))
+    huge = b'{"body": "' + b"x" * (1024 * 1024 + 1) + b'"}'
+    r = await client.post(
+        url, content=huge, headers={**me.headers, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
     ok = ["x", "é" * 4000, "  " + "y" * 4000 + "\n"]
     for body in ok:
         r = await client.post(url, json={"body": body}, headers=me.headers)
@@ -47,6 +65,8 @@ async def test_body_limits(client: AsyncClient, make_user: MakeUser) -> None:
         assert isinstance(r.json()["detail"], list)
     r = await client.post(url, json={"body": "x", "client_id": "c" * 101}, headers=me.headers)
     assert r.status_code == 422
+    # Only the accepted ones are stored.
+    assert (await fetch("SELECT count(*) FROM message"))[0][0] == len(ok)
 
 
 async def test_same_client_id_returns_the_original(
@@ -75,6 +95,23 @@ async def test_same_client_id_returns_the_original(
     assert len(rows) == 3
 
 
+@API3
+async def test_resending_a_deleted_client_id_is_409_and_silent(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    me, friend = await make_user(), await make_user()
+    thread = await new_thread(client, me, friend)
+    url = messages_url(thread)
+    body = {"body": "the secret plan", "client_id": "c-1"}
+    message = (await client.post(url, json=body, headers=me.headers)).json()
+    await client.delete(f"{url}/{message['id']}", headers=me.headers)
+    ws = await listen(live_server, friend)
+    r = await client.post(url, json=body, headers=me.headers)
+    assert r.status_code == 409 and "secret plan" not in r.text
+    await assert_silent(ws)
+    await ws.close()
+
+
 async def test_concurrent_repeats_make_one_row(client: AsyncClient, make_user: MakeUser) -> None:
     me = await make_user()
     thread = await new_thread(client, me)
@@ -96,6 +133,7 @@ async def test_concurrent_repeats_make_one_row(client: AsyncClient, make_user: M
     assert len(rows) == 1
 
 
+@API4
 async def test_history_pages(client: AsyncClient, make_user: MakeUser) -> None:
     me = await make_user()
     thread = await new_thread(client, me)
@@ -120,7 +158,13 @@ async def test_history_pages(client: AsyncClient, make_user: MakeUser) -> None:
     newest = await page(client, me, thread, limit=3)
     assert [m["id"] for m in newest["items"]] == [ids[3], ids[4], ids[6]]
 
-    for bad in ({"limit": 0}, {"limit": 201}, {"before": "x"}, {"before": ids[2], "after": ids[1]}):
+    for bad in (
+        {"limit": 0},
+        {"limit": 201},
+        {"limit": 10**6},
+        {"before": "x"},
+        {"before": ids[2], "after": ids[1]},
+    ):
         r = await client.get(messages_url(thread), params=bad, headers=me.headers)
         assert r.status_code == 422, bad
 
@@ -155,6 +199,19 @@ async def test_edit(client: AsyncClient, make_user: MakeUser) -> None:
     assert (await client.patch(wrong, json={"body": "x"}, headers=me.headers)).status_code == 404
     await client.delete(url, headers=me.headers)
     assert (await client.patch(url, json={"body": "x"}, headers=me.headers)).status_code == 404
+
+
+@API1
+async def test_a_message_id_from_another_thread_is_404(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    me, other = await make_user(), await make_user()
+    mine = await new_thread(client, me)
+    theirs = await new_thread(client, other)
+    their_message = await send(client, other, theirs["id"])
+    url = f"{messages_url(mine)}/{their_message['id']}"
+    assert (await client.patch(url, json={"body": "x"}, headers=me.headers)).status_code == 404
+    assert (await client.delete(url, headers=me.headers)).status_code == 404
 
 
 async def test_delete_rules(client: AsyncClient, make_user: MakeUser) -> None:

@@ -1,31 +1,30 @@
-"""The per-process caller cache (app.security.Callers) never outlives a change: whatever one
-process changes about a user, every process sees at once."""
+"""The per-process caller cache (app.core.accounts.tokens.callers) never outlives a change:
+whatever one process changes about a user, every process sees at once."""
 
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from httpx import AsyncClient
 
-from app.core.settings import settings
-from tests.helpers import PASSWORD, MakeUser, bearer, fetch, login, serve
-
-pg_only = pytest.mark.skipif(settings.is_sqlite, reason="processes share PostgreSQL only")
+from tests.helpers import (
+    API2,
+    PASSWORD,
+    MakeUser,
+    bearer,
+    fetch,
+    login,
+    me,
+    pg_only,
+    serve_suite_db,
+)
 
 
 @contextmanager
 def two_servers(tmp_path: Path) -> Iterator[tuple[AsyncClient, AsyncClient]]:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    url = settings.database_url
-    with serve(tmp_path / "a", DATABASE_URL=url) as a, serve(tmp_path / "b", DATABASE_URL=url) as b:
+    with serve_suite_db(tmp_path / "a") as a, serve_suite_db(tmp_path / "b") as b:
         yield AsyncClient(base_url=a), AsyncClient(base_url=b)
-
-
-async def me(client: AsyncClient, token: str) -> int:
-    return (await client.get("/api/users/me", headers=bearer(token))).status_code
 
 
 async def warm(token: str, *clients: AsyncClient) -> None:
@@ -35,6 +34,7 @@ async def warm(token: str, *clients: AsyncClient) -> None:
             assert await me(client, token) == 200
 
 
+@API2
 async def test_changes_are_seen_at_once_in_this_process(
     client: AsyncClient, make_user: MakeUser
 ) -> None:
@@ -48,6 +48,7 @@ async def test_changes_are_seen_at_once_in_this_process(
     assert await me(client, token) == 401
 
 
+@API2
 @pg_only
 async def test_revocations_reach_the_other_process_at_once(
     make_user: MakeUser, tmp_path: Path
@@ -103,6 +104,7 @@ async def test_profile_changes_reach_the_other_process_at_once(
                 assert seen["full_name"] == f"Name {n}"
 
 
+@API2
 @pg_only
 async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path: Path) -> None:
     """A process that cannot hear changes (its LISTEN connection dropped) asks the database
@@ -112,10 +114,11 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
     with two_servers(tmp_path) as (a, b):
         async with a, b:
             await warm(token, a, b)
-            # Both processes lose their listeners; they reconnect after a second.
+            # Both processes lose their listeners; they reconnect after a second. (Only the
+            # listeners on this database: others on the server are none of this test's.)
             await fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'app-events'"
+                "WHERE application_name = 'app-events' AND datname = current_database()"
             )
             await asyncio.sleep(0.2)
             assert (await b.post("/api/auth/logout", headers=bearer(token))).status_code == 204

@@ -1,27 +1,46 @@
-"""Realtime events over a real WebSocket to a real uvicorn, in this process."""
+"""Realtime events over a real WebSocket to a real uvicorn, in this process (or in a
+`python -m app` of its own, for its settings and its log)."""
 
 import asyncio
+import json
 import random
 import socket
+from pathlib import Path
 
+import httpx
 import pytest
 from httpx import AsyncClient
 from websockets.asyncio.client import connect
+from websockets.sync.client import connect as sync_connect
 
+from app.core.settings import settings
 from app.messenger import realtime
 from tests.helpers import (
+    API1,
+    API2,
+    API4,
+    API8,
+    PASSWORD,
+    PLAIN_UVICORN,
     READY,
+    ROOT,
     MakeUser,
     assert_silent,
+    clean_env,
     close_code,
     listen,
     new_thread,
     next_event,
     send,
+    serve,
+    serve_suite_db,
+    sign_up,
+    start,
     ws_url,
 )
 
 
+@API2
 async def test_bad_tokens_are_closed_with_4401(live_server: str, make_user: MakeUser) -> None:
     user = await make_user()
     for token in ("", "garbage", user["token"]["refresh_token"]):
@@ -29,6 +48,7 @@ async def test_bad_tokens_are_closed_with_4401(live_server: str, make_user: Make
             assert await close_code(ws) == 4401
 
 
+@API1
 async def test_members_receive_events_and_others_do_not(
     client: AsyncClient, live_server: str, make_user: MakeUser
 ) -> None:
@@ -61,6 +81,7 @@ async def test_members_receive_events_and_others_do_not(
     await ws_stranger.close()
 
 
+@API1
 async def test_membership_changes_take_effect_live(
     client: AsyncClient, live_server: str, make_user: MakeUser
 ) -> None:
@@ -105,6 +126,7 @@ async def test_deleted_thread_sends_thread_deleted_and_nothing_more(
     await ws.close()
 
 
+@API2
 async def test_revoked_token_closes_the_socket(
     client: AsyncClient, live_server: str, make_user: MakeUser
 ) -> None:
@@ -114,6 +136,7 @@ async def test_revoked_token_closes_the_socket(
     assert await close_code(ws, timeout=3) == 4401
 
 
+@API2
 async def test_expired_token_closes_the_socket(live_server: str, make_user: MakeUser) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -169,6 +192,7 @@ async def test_order_holds_under_concurrent_sends(
     await ws.close()
 
 
+@API4
 async def test_a_slow_client_is_closed_with_1013(
     client: AsyncClient, live_server: str, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,3 +215,51 @@ async def test_a_slow_client_is_closed_with_1013(
         ]
         await asyncio.gather(*(send(client, me, thread["id"], body) for body in bodies))
     assert await close_code(ws, timeout=10) == 1013
+
+
+@API4
+async def test_sockets_per_user_are_capped(make_user: MakeUser, tmp_path: Path) -> None:
+    user = await make_user()
+    with serve_suite_db(tmp_path, WS_MAX_PER_USER="2") as base:
+        server = base.removeprefix("http://")
+        first, second = await listen(server, user), await listen(server, user)
+        async with connect(ws_url(server, user["token"]["access_token"])) as third:
+            assert await close_code(third) == 4429
+        await first.close()
+        await asyncio.sleep(0.2)  # the server notices the close and unregisters it
+        again = await listen(server, user)  # READY: there is room again
+        await again.close()
+        await second.close()
+
+
+@API8
+async def test_the_server_log_keeps_no_socket_token(tmp_path: Path) -> None:
+    with serve(tmp_path) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            user = await sign_up(http, "log@example.com", "L")
+        token = user["token"]["access_token"]
+        async with connect(ws_url(base.removeprefix("http://"), token)) as ws:
+            assert json.loads(await ws.recv()) == READY
+    output = (tmp_path / "server.log").read_text()
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # all JSON
+    [logged] = [r for r in lines if r.get("msg") == "request" and r["method"] == "WS"]
+    assert logged["path"] == "/api/ws" and logged["request_id"]
+    assert token not in output and user["token"]["refresh_token"] not in output
+
+
+@API8
+def test_plain_uvicorn_logs_no_socket_token(tmp_path: Path) -> None:
+    log = tmp_path / "uvicorn.log"
+    env = clean_env(DATABASE_URL=settings.database_url)
+    with start(ROOT, env, argv=PLAIN_UVICORN, log=log) as server:
+        body = {"email": "logs@example.com", "password": PASSWORD, "full_name": "L"}
+        assert httpx.post(f"{server.base}/api/auth/signup", json=body).status_code == 201
+        form = {"username": body["email"], "password": PASSWORD}
+        token = httpx.post(f"{server.base}/api/auth/token", data=form).json()["access_token"]
+        host = server.base.removeprefix("http://")
+        for query in (f"token={token}", f"%74oken={token}", f"x=1&token={token}"):
+            with sync_connect(f"ws://{host}/api/ws?{query}") as ws:
+                assert json.loads(ws.recv(5)) == READY
+    output = log.read_text()
+    assert "Logging error" not in output
+    assert token not in output and token.split(".")[2] not in output

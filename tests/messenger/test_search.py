@@ -11,7 +11,7 @@ from sqlalchemy import event
 
 from app.core.db import engine
 from app.core.settings import settings
-from tests.helpers import MakeUser, User, new_thread, send
+from tests.helpers import API1, MakeUser, User, new_thread, send
 
 SEARCH = "/api/messages/search"
 
@@ -42,6 +42,7 @@ async def test_every_word_must_match_in_any_case(client: AsyncClient, make_user:
     assert await bodies(client, me, "app") == []  # whole words
 
 
+@API1
 async def test_only_the_callers_live_threads(client: AsyncClient, make_user: MakeUser) -> None:
     me, friend, stranger = await make_user(), await make_user(), await make_user()
     ours = await new_thread(client, me, friend)

@@ -28,9 +28,9 @@ from sqlalchemy import make_url
 from websockets.asyncio.client import connect
 
 from app.core.settings import settings
-from tests.helpers import PASSWORD, close_code, free_port, next_event, serve
+from tests.helpers import PASSWORD, ROOT, close_code, free_port, next_event, serve
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = ROOT / "deploy"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
 FAILURES = 3  # LOGIN_FAILURES_PER_EMAIL of both processes

@@ -1,10 +1,11 @@
-"""Two real `python -m app` processes on one PostgreSQL: events cross between them through
-LISTEN/NOTIFY."""
+"""Two real `python -m app` processes (or one with two workers) on one PostgreSQL: events
+cross between them through LISTEN/NOTIFY."""
 
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,19 +14,21 @@ from websockets.asyncio.client import connect
 
 from app.core.settings import settings
 from tests.helpers import (
+    API1,
+    API2,
     assert_silent,
     bearer,
     close_code,
     fetch,
     next_event,
+    pg_only,
+    serve_suite_db,
     sign_up,
     start,
     ws_url,
 )
 
-pytestmark = pytest.mark.skipif(
-    settings.is_sqlite, reason="fan-out across processes needs PostgreSQL"
-)
+pytestmark = pg_only
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,7 @@ async def test_order_holds_across_processes(servers: list[str], peers: list[Peer
             assert got == expected
 
 
+@API1
 async def test_removed_member_stops_receiving(servers: list[str], peers: list[Peer]) -> None:
     a, b, *_ = peers
     thread_id = await new_thread(a, b)
@@ -125,6 +129,7 @@ async def test_removed_member_stops_receiving(servers: list[str], peers: list[Pe
         await assert_silent(ws)
 
 
+@API2
 async def test_bad_and_revoked_tokens_get_4401(servers: list[str], peers: list[Peer]) -> None:
     _, b, *_ = peers
     async with connect(f"ws://{servers[1]}/api/ws?token=nonsense") as ws:
@@ -164,3 +169,27 @@ async def test_listener_reconnects_and_sockets_are_told(
         await ready(ws)
         message = await a.send(thread_id, "after the outage")
         assert (await next_event(ws))["data"] == message
+
+
+async def test_two_workers_share_events(tmp_path: Path) -> None:
+    with serve_suite_db(tmp_path, WORKERS="2") as base:
+        server = base.removeprefix("http://")
+        async with httpx.AsyncClient(base_url=base) as http:
+            ada = Peer(server, await sign_up(http, "ada@w.example", "ada"))
+            bob = Peer(server, await sign_up(http, "bob@w.example", "bob"))
+        try:
+            thread_id = await new_thread(ada, bob)
+            async with bob.listen() as ws:
+                await ready(ws)
+
+                async def send(n: int) -> None:  # a connection each: spread over the workers
+                    async with httpx.AsyncClient(base_url=base, headers=bearer(ada.token)) as own:
+                        path = f"/api/threads/{thread_id}/messages"
+                        assert (await own.post(path, json={"body": f"m{n}"})).status_code == 201
+
+                await asyncio.gather(*(send(n) for n in range(10)))
+                got = [await next_event(ws) for _ in range(10)]
+        finally:
+            await ada.http.aclose()
+            await bob.http.aclose()
+    assert sorted(e["data"]["body"] for e in got) == sorted(f"m{n}" for n in range(10))

@@ -1,4 +1,4 @@
-"""Sync (issue 12): per-thread versions, the changes feed, read receipts, and the versions
+"""Sync: per-thread versions, the changes feed, read receipts, and the versions
 events carry. A client that has seen version N of a thread has seen every change up to N."""
 
 import asyncio

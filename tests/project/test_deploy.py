@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import API8, ROOT
+
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 SAMPLE_KEYS = {"", "change-me", "changethis", "dev-secret-key-change-me"}
@@ -119,6 +120,7 @@ def test_app_starts_after_migrations(compose: dict[str, Any]) -> None:
     assert "8080:8080" in [str(p) for p in app["ports"]]
 
 
+@API8
 @pytest.mark.parametrize("service", ["app", "migrate"])
 def test_production_secret_key_has_no_default(compose: dict[str, Any], service: str) -> None:
     env = compose["services"][service]["environment"]
@@ -225,6 +227,7 @@ def test_image_and_makefile_pin_the_same_uv() -> None:
     assert f"uv=={pinned[1]}" in DOCKERFILE.read_text()
 
 
+@API8
 def test_final_stage_runs_as_non_root(final_stage: list[tuple[str, str]]) -> None:
     users = [args for keyword, args in final_stage if keyword == "USER"]
     assert users, "the final stage sets no USER, so it runs as root"

@@ -1,0 +1,87 @@
+"""Input the API refuses, and how: strict JSON types (no null for a required value, no
+number for a boolean), cursors checked before they reach the database, and error answers
+that show nothing of the server's insides."""
+
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+
+from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor
+
+
+@API8
+async def test_errors_carry_no_internals(client: AsyncClient) -> None:
+    answers = [
+        await client.post(
+            "/api/auth/signup",
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        ),
+        await client.post("/api/auth/token", data={"username": "x"}),
+    ]
+    for r in answers:
+        assert 400 <= r.status_code < 500
+        assert "Traceback" not in r.text and "sqlalchemy" not in r.text.lower()
+        assert "detail" in r.json()
+
+
+async def test_what_the_fuzzer_found_stays_fixed(client: AsyncClient, make_user: MakeUser) -> None:
+    """Each of these once reached the database and answered 500."""
+    user = await make_user()
+    answers = {
+        "NUL in a name": await client.patch(
+            "/api/users/me", json={"full_name": "\x00"}, headers=user.headers
+        ),
+        "password without current": await client.patch(
+            "/api/users/me", json={"password": "a new password"}, headers=user.headers
+        ),
+    }
+    for name, r in answers.items():
+        assert r.status_code == 422, name
+        assert isinstance(r.json()["detail"], list), name
+    r = await client.post(
+        "/api/auth/token", data={"username": "a\x00@example.com", "password": PASSWORD}
+    )
+    assert r.status_code == 422
+    r = await client.get("/api/users", params={"q": "\x00"}, headers=user.headers)
+    assert r.status_code in (403, 422)
+
+
+async def test_405_lists_every_method_of_the_path(client: AsyncClient) -> None:
+    assert (await client.put("/api/users/lookup")).headers["allow"] == "GET"
+    assert (await client.put("/api/health")).headers["allow"] == "GET"
+
+
+@API3
+async def test_json_types_are_strict_and_null_is_refused(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    admin = await make_user(scopes=["regular", "admin"])
+    user = await make_user()
+    target = f"/api/users/{user['id']}"
+    for value in (1, 0, "true"):
+        r = await client.patch(target, json={"is_active": value}, headers=admin.headers)
+        assert r.status_code == 422, (value, r.text)
+    for field in ("full_name", "email", "password"):
+        r = await client.patch("/api/users/me", json={field: None}, headers=user.headers)
+        assert r.status_code == 422, (field, r.text)
+    for field in ("full_name", "email", "is_active"):
+        r = await client.patch(target, json={field: None}, headers=admin.headers)
+        assert r.status_code == 422, (field, r.text)
+    assert (await client.get("/api/users/me", headers=user.headers)).json()["is_active"] is True
+
+
+@API8
+@pytest.mark.parametrize(
+    "value",
+    [[0], [-1], [2**31], [2**64], [1.0], [True], [[1]], [1, 2], [], {"id": 1}],
+)
+async def test_cursors_at_the_edges_are_400(
+    client: AsyncClient, make_user: MakeUser, value: Any
+) -> None:
+    admin = await make_user(scopes=["regular", "admin"])
+    r = await client.get(
+        "/api/users", params={"cursor": encode_cursor(value)}, headers=admin.headers
+    )
+    assert r.status_code == 400, r.text
