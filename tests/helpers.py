@@ -6,9 +6,9 @@ is first imported, and bench/ drives servers it starts itself, with their own se
 """
 
 import asyncio
+import base64
 import email
 import email.policy
-import base64
 import json
 import os
 import re

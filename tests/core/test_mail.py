@@ -5,7 +5,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 
@@ -23,11 +23,10 @@ from tests.helpers import (
     MAIL_FRONTEND,
     PASSWORD,
     ROOT,
-    fetch,
-    free_port,
     Inbox,
-    login,
     MakeUser,
+    fetch,
+    login,
     pg_only,
     scratch_postgres,
     serve,
