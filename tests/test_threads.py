@@ -6,7 +6,7 @@ from tests.helpers import MakeUser, User, fetch, new_thread, send
 
 THREAD = {
     "id", "title", "owner_id", "members", "created_at", "updated_at", "last_message_at",
-    "unread_count", "version",
+    "unread_count", "unread_mention_count", "version",
 }  # fmt: skip
 
 
