@@ -229,9 +229,12 @@ async def new_thread(
     return r.json()
 
 
-async def send(client: httpx.AsyncClient, user: User, thread_id: int, body: str = "hi") -> Any:
+async def send(
+    client: httpx.AsyncClient, user: User, thread_id: int, body: str = "hi", **fields: Any
+) -> Any:
+    """A new message; `fields`: more of the send's body (`reply_to_id`, `mention_ids`, …)."""
     r = await client.post(
-        f"/api/threads/{thread_id}/messages", json={"body": body}, headers=user.headers
+        f"/api/threads/{thread_id}/messages", json={"body": body, **fields}, headers=user.headers
     )
     assert r.status_code == 201, r.text
     return r.json()

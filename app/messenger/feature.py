@@ -3,7 +3,7 @@ app/messenger/ and its entry in app/main.py."""
 
 from app.core.events import Listening, UserChanged, UserDeleted, in_transaction, on
 from app.core.feature import Feature
-from app.messenger import message_routes, realtime, thread_routes
+from app.messenger import block_routes, message_routes, realtime, thread_routes
 from app.messenger.events import ThreadEvent
 from app.messenger.realtime import hub
 from app.messenger.threads import leave_all
@@ -14,6 +14,8 @@ messenger = Feature(
         thread_routes.router,
         message_routes.router,
         message_routes.search,
+        message_routes.mentions,
+        block_routes.router,
         realtime.router,
     ],
     subscriptions=[

@@ -6,7 +6,7 @@ from pydantic import StringConstraints
 from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from app.core.models import Base, NoNul, RowOut, UTCDateTime, Visible, body_config, utcnow
+from app.core.models import Base, Id, NoNul, RowOut, UTCDateTime, Visible, body_config, utcnow
 
 Body = Annotated[
     str,
@@ -29,6 +29,8 @@ class Message(Base, table=True):
     edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # The thread's version after this message's last change.
     version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # The message this one answers: it stays when that one is deleted (rows never go).
+    reply_to_id: int | None = Field(default=None, foreign_key="message.id")
 
     __table_args__ = (
         # History pages walk this index; a page costs the same however long the thread.
@@ -62,16 +64,45 @@ class Reaction(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("message_id", "user_id", "emoji"),)
 
 
+class Mention(SQLModel, table=True):
+    """A user a message mentions. Written once, with the message; never changed."""
+
+    # The key serves the mentions of a page of messages; the index, a user's mentions
+    # newest first (the mentions feed, unread mention counts).
+    message_id: int = Field(foreign_key="message.id", primary_key=True)
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+
+    __table_args__ = (Index("ix_mention_user_id_message_id", "user_id", "message_id"),)
+
+
 def words(q: str) -> list[str]:
     """The words of a search: runs of letters and digits, as both full-text indexes see them."""
     return re.findall(r"[^\W_]+", q)
 
 
+MAX_MENTIONS = 50  # entries of `mention_ids`, as sent
+
+
 class MessageCreate(SQLModel):
-    model_config = body_config({"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"})
+    model_config = body_config(
+        {"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"},
+        {"body": "Noon works, Bob?", "reply_to_id": 41, "mention_ids": [2]},
+    )
 
     body: Body
     client_id: ClientId | None = None
+    reply_to_id: Id | None = Field(
+        default=None,
+        description="The message this one answers: a live message of the same thread",
+        schema_extra={"examples": [41]},
+    )
+    mention_ids: list[Id] = Field(
+        default=[],
+        max_length=MAX_MENTIONS,
+        description="Users this message mentions, each a member of the thread. Duplicates "
+        "and the author's own id are dropped, and so is anyone who blocks the author.",
+        schema_extra={"examples": [[2, 3]]},
+    )
 
 
 class MessageUpdate(SQLModel):
@@ -93,7 +124,9 @@ class MessageOut(RowOut):
     client_id: str | None
     edited_at: datetime | None
     version: int
+    reply_to_id: int | None = Field(default=None, schema_extra={"examples": [41]})
     reactions: list[ReactionOut] = Field(default=[])  # a default_factory costs 100 µs here
+    mention_ids: list[int] = Field(default=[], schema_extra={"examples": [[2]]})
 
 
 class MessageChange(MessageOut):

@@ -1,5 +1,6 @@
-"""Messages: sending, pages, edits, deletion, reactions, the changes feed and search:
-each route hands its request to app.messenger.messages, where the rules live."""
+"""Messages: sending, pages, one message, edits, deletion, reactions, the changes feed,
+search and mentions: each route hands its request to app.messenger.messages, where the
+rules live."""
 
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from app.core.errors import Invalid
 from app.core.http import Route, errors
 from app.core.models import MAX_ID, Id, Page
 from app.messenger.deps import Emoji, MemberThread, SearchText
+from app.messenger.feeds import Feeds
 from app.messenger.message_models import (
     ChangesPage,
     MessageCreate,
@@ -28,6 +30,9 @@ router = APIRouter(
 search = APIRouter(
     prefix="/messages", tags=["messages"], responses=errors(400, 401, 403, 404), route_class=Route
 )
+mentions = APIRouter(
+    prefix="/mentions", tags=["messages"], responses=errors(400, 401, 403), route_class=Route
+)
 
 
 @router.post(
@@ -37,13 +42,19 @@ search = APIRouter(
     summary="Send a message",
     description="`body` is 1..4000 characters after trimming. Sending again with the same "
     "`client_id` returns the original message with 200 instead of a duplicate, even when "
-    "the two requests race; 409 if that original was deleted since.",
-    responses={200: {"description": "A repeat: the original", "model": MessageOut}, **errors(409)},
+    "the two requests race; 409 if that original was deleted since. `reply_to_id`: a live "
+    "message of the thread; `mention_ids`: members of the thread (at most 50), each of "
+    "whom gets the message in `/api/mentions` and in its thread's `unread_mention_count`. "
+    "More than `MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.",
+    responses={
+        200: {"description": "A repeat: the original", "model": MessageOut},
+        **errors(409, 429),
+    },
 )
 async def send_message(
     user: CurrentUser, db: WriteDb, thread_id: Id, body: MessageCreate, response: Response
 ) -> MessageOut:
-    message, created = await Messages(db).send(thread_id, user.id, body.body, body.client_id)
+    message, created = await Messages(db).send(thread_id, user.id, body)
     if not created:
         response.status_code = status.HTTP_200_OK
     return message
@@ -68,6 +79,19 @@ async def list_messages(
     if before is not None and after is not None:
         raise Invalid("before", "Give before or after, not both", where="query")
     return await Messages(db).page(thread.id, user.id, limit, before, after)
+
+
+@router.get(
+    "/messages/{message_id}",
+    response_model=MessageOut,
+    summary="One message",
+    description="404 when it is deleted or not in this thread (a message a reply answers "
+    "may be either).",
+)
+async def read_message(
+    db: ReadDb, user: CurrentUser, thread: MemberThread, message_id: Id
+) -> MessageOut:
+    return await Messages(db).one(thread.id, message_id, user.id)
 
 
 @router.patch(
@@ -161,4 +185,17 @@ async def search_messages(
     cursor: IdCursor = None,
     limit: Limit = 50,
 ) -> Page[MessageOut]:
-    return await Messages(db).search(user.id, q, thread_id, limit, cursor)
+    return await Feeds(db).search(user.id, q, thread_id, limit, cursor)
+
+
+@mentions.get(
+    "",
+    response_model=Page[MessageOut],
+    summary="Messages that mention you",
+    description="Messages of the caller's live threads that mention the caller, newest "
+    "first. Deleted ones never.",
+)
+async def list_mentions(
+    db: ReadDb, user: CurrentUser, cursor: IdCursor = None, limit: Limit = 50
+) -> Page[MessageOut]:
+    return await Feeds(db).mentioning(user.id, limit, cursor)

@@ -1,42 +1,43 @@
-"""Messages: idempotent send, history pages, edits, deletion, reactions, the changes
-feed, search."""
+"""Messages: idempotent send (replies, mentions, a rate limit), history pages, one message,
+edits, deletion, reactions, the changes feed."""
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy import (
-    ColumnElement,
     Integer,
     String,
     any_,
     bindparam,
-    func,
-    literal_column,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql
 
-from app.core.db import time_limit
-from app.core.errors import Conflict, Forbidden, NotFound
-from app.core.models import Page, UTCDateTime, table, utcnow
-from app.core.repository import Keyset, Repository, encode_cursor, live, upsert
+from app.core import limits
+from app.core.errors import Conflict, Forbidden, Invalid, NotFound
+from app.core.models import UTCDateTime, table, utcnow
+from app.core.repository import Repository, live, upsert
 from app.core.settings import settings
 from app.messenger.events import changed
+from app.messenger.markers import Markers
+from app.messenger.mentions import Mentions
 from app.messenger.message_models import (
     ChangesPage,
     Message,
     MessageChange,
+    MessageCreate,
     MessageOut,
     MessagePage,
-    words,
 )
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
-from app.messenger.thread_models import Membership, Thread
 from app.messenger.threads import Threads
 
-messages, memberships, threads = table(Message), table(Membership), table(Thread)
+M = TypeVar("M", bound=MessageOut)
+messages = table(Message)
+MINUTE = timedelta(seconds=60)
 columns = [c for c in messages.c if c.name != "deleted"]
 of_thread = messages.c.thread_id == bindparam("thread_id")
 # History pages order by (thread_id, id), the one index that fits every page shape. On
@@ -48,24 +49,6 @@ this_thread = (
     if settings.is_sqlite
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
-# The full-text index of each database (see the reactions_and_search migration).
-matches: ColumnElement[bool]
-newest_first: ColumnElement[int] = messages.c.id
-if settings.is_sqlite:
-    fts = sa.table("message_fts", sa.column("rowid"))
-    matches = messages.c.id.in_(
-        select(fts.c.rowid).where(literal_column("message_fts").op("MATCH")(bindparam("q")))
-    )
-else:
-    # A literal, not a parameter: the index's very expression.
-    simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
-    matches = func.to_tsvector(simple, messages.c.body).op("@@")(
-        func.plainto_tsquery(simple, bindparam("q"))
-    )
-    # Not the primary key's order: else PostgreSQL may walk the whole table backwards,
-    # hoping to meet matches soon (a guess: prepared plans know no word), which for a rare
-    # word reads every row. This way the matches come from the index and are sorted.
-    newest_first = messages.c.id + literal_column("0")
 
 
 class Messages(Repository[MessageOut]):
@@ -79,6 +62,7 @@ class Messages(Repository[MessageOut]):
             body=bindparam("body", type_=String()),
             client_id=bindparam("client_id", type_=String()),
             version=bindparam("version", type_=Integer()),
+            reply_to_id=bindparam("reply_to_id", type_=Integer()),
             created_at=bindparam("now", type_=UTCDateTime()),
             updated_at=bindparam("now", type_=UTCDateTime()),
         )
@@ -98,17 +82,6 @@ class Messages(Repository[MessageOut]):
         messages.c.thread_id, messages.c.id
     )
     _one = select(*columns).where(of_thread, live(messages), messages.c.id == bindparam("id"))
-    _search = select(*columns).where(
-        live(messages),
-        matches,
-        messages.c.thread_id.in_(
-            select(memberships.c.thread_id)
-            .join(threads, threads.c.id == memberships.c.thread_id)
-            .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
-        ),
-    )
-    _found = Keyset(_search, [newest_first], descending=True)
-    _found_in = Keyset(_search.where(of_thread), [newest_first], descending=True)
     _changes = (
         select(*columns, messages.c.deleted)
         .where(
@@ -121,33 +94,47 @@ class Messages(Repository[MessageOut]):
     )
 
     async def send(
-        self, thread_id: int, author_id: int, body: str, client_id: str | None
+        self, thread_id: int, author_id: int, new: MessageCreate
     ) -> tuple[MessageOut, bool]:
         """(the message, True) or, for a repeated client_id, (the original, False)."""
+        # Counted across processes, repeats too; past the limit nothing else happens (the
+        # transaction rolls back, this count with it).
+        allowed = messenger_settings.messages_per_minute
+        await limits.limit(self.conn, f"send:{author_id}", allowed, MINUTE)
         now = utcnow()
-        # The thread's row lock first: sends to one thread take turns, so ids and
+        # The thread's row lock next: sends to one thread take turns, so ids and
         # versions grow in commit order (what catching up relies on).
         thread = await Threads(self.conn).bump(thread_id, author_id, last_message_at=now)
-        params = {"thread_id": thread_id, "author_id": author_id, "client_id": client_id}
-        row = (
-            await self.conn.execute(
-                self._insert, {**params, "body": body, "version": thread.version, "now": now}
-            )
-        ).first()
+        if new.reply_to_id is not None:
+            await self._message(thread_id, new.reply_to_id, "reply_to_id")
+        mentioned = await Mentions(self.conn).allowed(thread_id, author_id, new.mention_ids)
+        params = {"thread_id": thread_id, "author_id": author_id, "client_id": new.client_id}
+        values = {"body": new.body, "reply_to_id": new.reply_to_id, "version": thread.version}
+        row = (await self.conn.execute(self._insert, {**params, **values, "now": now})).first()
         if row is None:  # sent before, or a concurrent twin won the race
             original = (await self.conn.execute(self._by_client_id, params)).one()
             if original.deleted:
                 raise Conflict("The message with this client_id was deleted")
-            return self.load(original), False
+            return (await self.filled([self.load(original)], author_id))[0], False
         message = self.load(row)
-        await Threads(self.conn).move_marker(thread_id, author_id, message.id)
+        await Mentions(self.conn).add(message.id, mentioned)
+        message.mention_ids = mentioned
+        await Markers(self.conn).move_marker(thread_id, author_id, message.id)
         changed(self.conn, "message.created", thread_id, message, message.version)
         return message, True
+
+    async def filled(self, items: Sequence[M], user_id: int) -> list[M]:
+        """`items` with their reactions (`me` for `user_id`) and mentions: two statements."""
+        return await Mentions(self.conn).of(await Reactions(self.conn).of(items, user_id))
 
     async def get(self, id: int) -> MessageOut | None:
         """A message as every reader sees it (no reaction is `me`): what events carry."""
         message = await super().get(id)
-        return None if message is None else (await Reactions(self.conn).of([message], 0))[0]
+        return None if message is None else (await self.filled([message], 0))[0]
+
+    async def one(self, thread_id: int, message_id: int, user_id: int) -> MessageOut:
+        """A live message of the thread, as `user_id` sees it."""
+        return (await self.filled([await self._message(thread_id, message_id)], user_id))[0]
 
     async def page(
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
@@ -157,11 +144,15 @@ class Messages(Repository[MessageOut]):
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = await self.all(stmt, **params)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
-        items = await Reactions(self.conn).of(page, user_id)
+        items = await self.filled(page, user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)
 
-    async def _message(self, thread_id: int, message_id: int) -> MessageOut:
+    async def _message(self, thread_id: int, message_id: int, field: str = "") -> MessageOut:
+        """A live message of the thread; else NotFound, or Invalid(`field`) for one named in
+        a body."""
         message = await self.first(self._one, thread_id=thread_id, id=message_id)
+        if message is None and field:
+            raise Invalid(field, "No such message in this thread")
         if message is None:
             raise NotFound("Message not found")
         return message
@@ -174,7 +165,7 @@ class Messages(Repository[MessageOut]):
         edited = await self._change(
             message_id, body=body, edited_at=utcnow(), version=thread.version
         )
-        edited = (await Reactions(self.conn).of([edited], user_id))[0]
+        edited = (await self.filled([edited], user_id))[0]
         changed(self.conn, "message.updated", thread_id, edited, edited.version)
         return edited
 
@@ -191,7 +182,7 @@ class Messages(Repository[MessageOut]):
         if done:
             thread = await Threads(self.conn).bump(thread_id, user_id)
             message = await self._change(message_id, version=thread.version)
-        message = (await rows.of([message], user_id))[0]
+        message = (await self.filled([message], user_id))[0]
         if done:
             kind = "reaction.added" if add else "reaction.removed"
             changed(self.conn, kind, thread_id, message, message.version)
@@ -236,23 +227,6 @@ class Messages(Repository[MessageOut]):
             )
             for r in rows[:limit]
         ]
-        await Reactions(self.conn).of([i for i in items if not i.deleted], user_id)
+        await self.filled([i for i in items if not i.deleted], user_id)
         more = len(rows) > limit
         return ChangesPage(items=items, version=items[-1].version if more else upto, has_more=more)
-
-    async def search(
-        self, user_id: int, q: str, thread_id: int | None, limit: int, after: list[Any] | None
-    ) -> Page[MessageOut]:
-        """Messages of the user's live threads (or of one of them) holding every word of
-        `q`, newest first, found through the full-text index."""
-        if thread_id is not None:
-            await Threads(self.conn).visible(thread_id, user_id)
-        terms = words(q)  # quoted for FTS5: a word is never an operator there
-        query = " ".join(f'"{w}"' for w in terms) if settings.is_sqlite else " ".join(terms)
-        params = {"user_id": user_id, "q": query, "thread_id": thread_id}
-        found = self._found if thread_id is None else self._found_in
-        # A common word in many threads matches a great many rows: bounded, 503 past it.
-        async with time_limit(self.conn, messenger_settings.search_seconds):
-            rows, more = await found.page(self.conn, limit, after, **params)
-        items = await Reactions(self.conn).of([self.load(r) for r in rows], user_id)
-        return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -59,7 +60,7 @@ class Connection:
         )
         if joined:
             self.hub.join(self, event.thread_id)
-        if event.thread_id in self.threads:
+        if event.thread_id in self.threads and self.user_id not in event.skip:
             self.send(message)
         if kind == "thread.deleted" or (
             kind == "member.removed" and data["user_id"] == self.user_id
@@ -189,8 +190,9 @@ async def load(event: ThreadEvent) -> ThreadEvent:
             data = message.model_dump(mode="json")
         else:
             view = await Threads(conn).view(event.thread_id, 0)
-            data = view.model_copy(update={"unread_count": 0}).model_dump(mode="json")
-    return ThreadEvent(event.kind, event.thread_id, data, event.version)
+            counts = {"unread_count": 0, "unread_mention_count": 0}
+            data = view.model_copy(update=counts).model_dump(mode="json")
+    return replace(event, data=data)
 
 
 router = APIRouter(tags=["realtime"])

@@ -5,7 +5,17 @@ from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from app.core.accounts.models import UserPublic
-from app.core.models import MAX_ID, Base, Id, NoNul, RowOut, UTCDateTime, body_config, unique_live
+from app.core.models import (
+    MAX_ID,
+    Base,
+    Id,
+    NoNul,
+    RowOut,
+    UTCDateTime,
+    body_config,
+    unique_live,
+    utcnow,
+)
 
 Title = Annotated[str, NoNul, Field(max_length=200, schema_extra={"examples": ["Weekend plans"]})]
 
@@ -34,6 +44,16 @@ class Membership(Base, table=True):
     )
 
 
+class Block(SQLModel, table=True):
+    """`user_id` blocks `blocked_id`: the blocked user cannot put the blocker in a thread,
+    mention it or show it its typing. Unblocking deletes the row."""
+
+    # The key serves each check: does this user block that one.
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    blocked_id: int = Field(foreign_key="user.id", primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
 class ThreadRow(RowOut):
     """A thread as loaded from the database."""
 
@@ -46,6 +66,10 @@ class ThreadRow(RowOut):
 class ThreadOut(ThreadRow):
     members: list[UserPublic]
     unread_count: int
+    unread_mention_count: int = Field(
+        description="Messages after the caller's read marker that mention the caller",
+        schema_extra={"examples": [1]},
+    )
 
 
 class Member(UserPublic):

@@ -7,7 +7,9 @@ from app.core.accounts.models import UserPublic
 from app.core.deps import ActivityCursor, CurrentUser, Limit, ReadDb, WriteDb
 from app.core.http import Route, errors
 from app.core.models import Id, Page
+from app.messenger import indicators
 from app.messenger.deps import MemberThread
+from app.messenger.markers import Markers
 from app.messenger.thread_models import (
     Member,
     MemberAdd,
@@ -115,4 +117,16 @@ async def remove_member(user: CurrentUser, db: WriteDb, thread_id: Id, user_id: 
     "when it moves, every member's sockets get `thread.read` (read receipts).",
 )
 async def mark_read(user: CurrentUser, db: WriteDb, thread: MemberThread, body: ReadMarker) -> None:
-    await Threads(db).mark_read(thread.id, user.id, body.message_id)
+    await Markers(db).mark_read(thread.id, user.id, body.message_id)
+
+
+@router.post(
+    "/{thread_id}/typing",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Say the caller is typing",
+    description="The thread's other members' sockets get `typing` (data `{user_id}`), "
+    "except members who block the caller. Nothing is stored. At most one event per user "
+    "and thread every 3 seconds: calls in between answer 204 and send nothing.",
+)
+async def typing(user: CurrentUser, db: WriteDb, thread: MemberThread) -> None:
+    await indicators.typing(db, thread.id, user.id)

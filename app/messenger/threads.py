@@ -15,12 +15,13 @@ from app.core.errors import Forbidden, Invalid, NotFound
 from app.core.events import UserDeleted
 from app.core.models import Page, table, utcnow
 from app.core.repository import Keyset, Repository, encode_cursor, in_ids, live, upsert
+from app.core.settings import settings
 from app.messenger.events import changed
-from app.messenger.message_models import Message
-from app.messenger.thread_models import Member, Membership, Thread, ThreadOut, ThreadRow
+from app.messenger.markers import unread, unread_mentions
+from app.messenger.thread_models import Block, Member, Membership, Thread, ThreadOut, ThreadRow
 
 threads, memberships = table(Thread), table(Membership)
-messages, users = table(Message), table(User)
+blocks, users = table(Block), table(User)
 OWNER_ONLY = "Only the thread owner may do this"
 UNKNOWN_USER = "Unknown, inactive or deleted user id"
 
@@ -30,19 +31,6 @@ def is_member(thread_id: Any, user_id: Any) -> Any:
     return exists().where(of.thread_id == thread_id, of.user_id == user_id, live(memberships))
 
 
-# Messages after the caller's read marker, by others, not deleted: correlated to the outer
-# thread and membership, so a whole page is counted in one statement.
-unread = (
-    select(func.count())
-    .where(
-        messages.c.thread_id == threads.c.id,
-        messages.c.id > memberships.c.last_read_message_id,
-        messages.c.author_id != memberships.c.user_id,
-        live(messages),
-    )
-    .correlate(threads, memberships)
-    .scalar_subquery()
-)
 activity = func.coalesce(threads.c.last_message_at, threads.c.created_at)
 columns = [c for c in threads.c if c.name != "deleted"]
 
@@ -56,7 +44,12 @@ class Threads(Repository[ThreadRow]):
         .where(is_member(threads.c.id, bindparam("user_id")))
     )
     _mine = (
-        select(*columns, unread.label("unread_count"), activity.label("activity"))
+        select(
+            *columns,
+            unread.label("unread_count"),
+            unread_mentions.label("unread_mention_count"),
+            activity.label("activity"),
+        )
         .join(memberships, memberships.c.thread_id == threads.c.id)
         .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
     )
@@ -124,6 +117,7 @@ class Threads(Repository[ThreadRow]):
                     **{c.name: values[c.name] for c in columns},
                     members=members[row.id],
                     unread_count=values.get("unread_count", 0),
+                    unread_mention_count=values.get("unread_mention_count", 0),
                 )
             )
         return views
@@ -141,17 +135,34 @@ class Threads(Repository[ThreadRow]):
         cursor = encode_cursor([rows[-1].activity, rows[-1].id]) if more else None
         return Page(items=await self.views(rows), next_cursor=cursor)
 
-    # Live, active users among `ids`, share-locked until the transaction ends: a deletion
-    # of one of them waits for it, then finds it in its threads (and leaves them).
-    _joinable = (
-        select(users.c.id, users.c.full_name)
-        .where(in_ids(users.c.id, "ids"), live(users), users.c.is_active == true())
+    # Live, active users among `ids` that do not block `by`: one that does looks like one
+    # that is not there. Share-locked first, until the transaction ends: a deletion of one
+    # of them waits, then finds it in its threads (and leaves them); a block by one waits,
+    # then holds. The lock is a statement of its own because PostgreSQL reads a statement's
+    # rows as of its start, even after it waited for a lock: a block committed during the
+    # wait would go unseen. (SQLite runs one writer at a time: nothing to wait for.)
+    _lock = (
+        select(users.c.id)
+        .where(in_ids(users.c.id, "ids"))
         .order_by(users.c.id)
         .with_for_update(read=True)
     )
+    _joinable = (
+        select(users.c.id, users.c.full_name)
+        .where(in_ids(users.c.id, "ids"), live(users), users.c.is_active == true())
+        .where(
+            ~exists().where(blocks.c.user_id == users.c.id, blocks.c.blocked_id == bindparam("by"))
+        )
+        .order_by(users.c.id)
+    )
 
-    async def _joinable_users(self, ids: set[int], field: str) -> list[UserPublic]:
-        found = (await self.conn.execute(self._joinable, {"ids": sorted(ids)})).all()
+    async def _joinable_users(self, ids: set[int], by: int, field: str) -> list[UserPublic]:
+        if not ids:
+            return []
+        params = {"ids": sorted(ids), "by": by}
+        if not settings.is_sqlite:
+            await self.conn.execute(self._lock, params)
+        found = (await self.conn.execute(self._joinable, params)).all()
         if len(found) != len(ids):
             raise Invalid(field, UNKNOWN_USER)
         return [UserPublic.model_construct(id=r.id, full_name=r.full_name) for r in found]
@@ -159,7 +170,7 @@ class Threads(Repository[ThreadRow]):
     async def start(self, owner_id: int, title: str | None, member_ids: list[int]) -> ThreadOut:
         """A thread of the owner and `member_ids`; an unknown, inactive or deleted one: 422."""
         others = set(member_ids) - {owner_id}
-        await self._joinable_users(others, "member_ids")
+        await self._joinable_users(others, owner_id, "member_ids")
         thread = await self.create(owner_id=owner_id, title=title)
         now = utcnow()
         await self.conn.execute(
@@ -201,7 +212,7 @@ class Threads(Repository[ThreadRow]):
         """Any member adds a live, active user: (the user, False if already a member). The
         user is share-locked before the thread (the order a deletion takes them in); the
         partial unique index makes two racing adds one membership."""
-        [user] = await self._joinable_users({user_id}, "user_id")
+        [user] = await self._joinable_users({user_id}, by, "user_id")
         thread = await self.bump(thread_id, by)  # 404 for non-members, as everywhere
         now = utcnow()
         stmt = (
@@ -246,37 +257,6 @@ class Threads(Repository[ThreadRow]):
             await self.update(thread_id, deleted=True)
         kind = "thread.updated" if remaining else "thread.deleted"
         changed(self.conn, kind, thread_id, await self.view(thread_id, by), thread.version)
-
-    # Forward only, in one statement, so concurrent requests cannot move it back.
-    _mark_read = (
-        update(memberships)
-        .where(
-            memberships.c.thread_id == bindparam("thread"),
-            memberships.c.user_id == bindparam("user"),
-            live(memberships),
-            memberships.c.last_read_message_id < bindparam("message"),
-        )
-        .values(last_read_message_id=bindparam("message"))
-    )
-
-    _message_in_thread = select(messages.c.id).where(
-        messages.c.id == bindparam("message"),
-        messages.c.thread_id == bindparam("thread"),
-        live(messages),
-    )
-
-    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> None:
-        """Everything up to `message_id` (a live message of the thread, or 0) is read."""
-        params = {"thread": thread_id, "user": user_id, "message": message_id}
-        if message_id and not (await self.conn.execute(self._message_in_thread, params)).first():
-            raise Invalid("message_id", "No such message in this thread")
-        if await self.move_marker(thread_id, user_id, message_id):
-            data = {"user_id": user_id, "message_id": message_id}
-            changed(self.conn, "thread.read", thread_id, data)
-
-    async def move_marker(self, thread_id: int, user_id: int, message_id: int) -> bool:
-        params = {"thread": thread_id, "user": user_id, "message": message_id}
-        return (await self.conn.execute(self._mark_read, params)).rowcount > 0
 
     async def ids_of(self, user_id: int) -> list[int]:
         """The live threads a user is a member of, in one order (so two accounts deleted

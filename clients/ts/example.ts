@@ -5,6 +5,7 @@ import createClient from "openapi-fetch";
 import type { components, paths } from "./schema";
 
 export type Message = components["schemas"]["MessageOut"];
+export type SendOptions = { replyTo?: number; mentions?: number[]; clientId?: string };
 
 export function api(baseUrl: string, token?: string) {
   return createClient<paths>({
@@ -25,17 +26,19 @@ export async function logIn(baseUrl: string, email: string, password: string): P
   return data.access_token;
 }
 
-/** Sends once even if retried: the server answers a repeated client_id with the original. */
+/** Sends once even if retried: the server answers a repeated client_id with the original.
+ * `replyTo`: the message of the thread it answers; `mentions`: members of the thread it
+ * names (each sees it in `/api/mentions` and in the thread's `unread_mention_count`). */
 export async function send(
   baseUrl: string,
   token: string,
   threadId: number,
   body: string,
-  clientId: string = crypto.randomUUID(),
+  { replyTo, mentions = [], clientId = crypto.randomUUID() }: SendOptions = {},
 ): Promise<Message> {
   const { data, error } = await api(baseUrl, token).POST("/api/threads/{thread_id}/messages", {
     params: { path: { thread_id: threadId } },
-    body: { body, client_id: clientId },
+    body: { body, client_id: clientId, reply_to_id: replyTo, mention_ids: mentions },
   });
   if (error) throw new Error(`send failed: ${error.detail}`);
   return data;

@@ -451,6 +451,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/threads/{thread_id}/typing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Say the caller is typing
+         * @description The thread's other members' sockets get `typing` (data `{user_id}`), except members who block the caller. Nothing is stored. At most one event per user and thread every 3 seconds: calls in between answer 204 and send nothing.
+         */
+        post: operations["threads-typing"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/threads/{thread_id}/messages": {
         parameters: {
             query?: never;
@@ -466,7 +486,7 @@ export interface paths {
         put?: never;
         /**
          * Send a message
-         * @description `body` is 1..4000 characters after trimming. Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race; 409 if that original was deleted since.
+         * @description `body` is 1..4000 characters after trimming. Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race; 409 if that original was deleted since. `reply_to_id`: a live message of the thread; `mention_ids`: members of the thread (at most 50), each of whom gets the message in `/api/mentions` and in its thread's `unread_mention_count`. More than `MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.
          */
         post: operations["messages-send_message"];
         delete?: never;
@@ -482,7 +502,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /**
+         * One message
+         * @description 404 when it is deleted or not in this thread (a message a reply answers may be either).
+         */
+        get: operations["messages-read_message"];
         put?: never;
         post?: never;
         /** Delete a message (author, thread owner, or admin) */
@@ -552,6 +576,67 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/mentions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Messages that mention you
+         * @description Messages of the caller's live threads that mention the caller, newest first. Deleted ones never.
+         */
+        get: operations["messages-list_mentions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/users/me/blocks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The users you block */
+        get: operations["users-list_blocks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/users/me/blocks/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Block a user
+         * @description From then on that user cannot start a thread with you or add you to one (422, as for an unknown user), its mentions of you are dropped, and you get no `typing` events from it. Blocking yourself: 422; a user that does not exist or is deleted: 404.
+         */
+        put: operations["users-block_user"];
+        post?: never;
+        /**
+         * Unblock a user
+         * @description 204 whether or not you blocked that user.
+         */
+        delete: operations["users-unblock_user"];
         options?: never;
         head?: never;
         patch?: never;
@@ -696,10 +781,23 @@ export interface components {
             /** Version */
             version: number;
             /**
+             * Reply To Id
+             * @example 41
+             */
+            reply_to_id?: number | null;
+            /**
              * Reactions
              * @default []
              */
             reactions: components["schemas"]["ReactionOut"][];
+            /**
+             * Mention Ids
+             * @default []
+             * @example [
+             *       2
+             *     ]
+             */
+            mention_ids: number[];
             /** Deleted */
             deleted: boolean;
         };
@@ -708,6 +806,13 @@ export interface components {
          * @example {
          *       "body": "See you at noon?",
          *       "client_id": "6f1c2a4e-phone-1"
+         *     }
+         * @example {
+         *       "body": "Noon works, Bob?",
+         *       "mention_ids": [
+         *         2
+         *       ],
+         *       "reply_to_id": 41
          *     }
          */
         MessageCreate: {
@@ -718,6 +823,22 @@ export interface components {
             body: string;
             /** Client Id */
             client_id?: string | null;
+            /**
+             * Reply To Id
+             * @description The message this one answers: a live message of the same thread
+             * @example 41
+             */
+            reply_to_id?: number | null;
+            /**
+             * Mention Ids
+             * @description Users this message mentions, each a member of the thread. Duplicates and the author's own id are dropped, and so is anyone who blocks the author.
+             * @default []
+             * @example [
+             *       2,
+             *       3
+             *     ]
+             */
+            mention_ids: number[];
         };
         /** MessageOut */
         MessageOut: {
@@ -746,10 +867,23 @@ export interface components {
             /** Version */
             version: number;
             /**
+             * Reply To Id
+             * @example 41
+             */
+            reply_to_id?: number | null;
+            /**
              * Reactions
              * @default []
              */
             reactions: components["schemas"]["ReactionOut"][];
+            /**
+             * Mention Ids
+             * @default []
+             * @example [
+             *       2
+             *     ]
+             */
+            mention_ids: number[];
         };
         /** MessagePage */
         MessagePage: {
@@ -918,6 +1052,12 @@ export interface components {
             members: components["schemas"]["UserPublic"][];
             /** Unread Count */
             unread_count: number;
+            /**
+             * Unread Mention Count
+             * @description Messages after the caller's read marker that mention the caller
+             * @example 1
+             */
+            unread_mention_count: number;
         };
         /**
          * ThreadUpdate
@@ -3530,6 +3670,89 @@ export interface operations {
             };
         };
     };
+    "threads-typing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                thread_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     "messages-list_messages": {
         parameters: {
             query?: {
@@ -3700,6 +3923,101 @@ export interface operations {
             };
             /** @description Conflicts with existing data */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "messages-read_message": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: number;
+                thread_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageOut"];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4237,6 +4555,289 @@ export interface operations {
             };
             /** @description Not found, or not visible to the caller */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "messages-list_mentions": {
+        parameters: {
+            query?: {
+                /** @description Page size */
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_MessageOut_"];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-list_blocks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"][];
+                };
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-block_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-unblock_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Malformed request: a body that is not JSON, or a cursor that is not ours */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };

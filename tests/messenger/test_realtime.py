@@ -15,6 +15,7 @@ from websockets.sync.client import connect as sync_connect
 
 from app.core.settings import settings
 from app.messenger import realtime
+from app.messenger.settings import messenger_settings
 from tests.helpers import (
     API1,
     API2,
@@ -197,6 +198,7 @@ async def test_a_slow_client_is_closed_with_1013(
     client: AsyncClient, live_server: str, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(realtime, "QUEUE_SIZE", 4)
+    monkeypatch.setattr(messenger_settings, "messages_per_minute", 10_000)  # hundreds of sends
     me, slow = await make_user(), await make_user()
     thread = await new_thread(client, me, slow)
     sock = socket.socket()

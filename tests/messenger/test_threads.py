@@ -20,7 +20,7 @@ from tests.helpers import (
 
 THREAD = {
     "id", "title", "owner_id", "members", "created_at", "updated_at", "last_message_at",
-    "unread_count", "version",
+    "unread_count", "unread_mention_count", "version",
 }  # fmt: skip
 
 

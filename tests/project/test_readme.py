@@ -16,7 +16,7 @@ def tour_blocks(language: str) -> list[str]:
 def test_the_readme_tour_runs(tmp_path: Path) -> None:
     shell = tour_blocks("sh")
     [watcher] = tour_blocks("python")
-    assert len(shell) == 3
+    assert len(shell) == 4
     (tmp_path / "watch.py").write_text(watcher)
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the tour uses .venv/bin/python
     with serve(tmp_path) as base:
@@ -35,4 +35,6 @@ def test_the_readme_tour_runs(tmp_path: Path) -> None:
     event = next(line for line in lines if line.startswith("event:"))
     assert "'type': 'message.created'" in event and "On my way" in event
     # Caught up through the changes feed: the edit, a tombstone, the new message.
-    assert lines[-3:] == ["5 The usual place, 12:30", "6 deleted", "7 Table for two"], lines
+    assert lines[-6:-3] == ["5 The usual place, 12:30", "6 deleted", "7 Table for two"], lines
+    # A reply that mentions Ada: her badge, her mentions.
+    assert lines[-3:] == ["True", "1", "12:30 it is"], lines

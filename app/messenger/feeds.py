@@ -1,0 +1,101 @@
+"""Messages across the caller's threads, newest first: search, and the mentions feed."""
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, true
+
+from app.core.db import time_limit
+from app.core.models import Page, table
+from app.core.repository import Keyset, Repository, encode_cursor, live
+from app.core.settings import settings
+from app.messenger.message_models import Mention, Message, MessageOut, words
+from app.messenger.messages import Messages
+from app.messenger.settings import messenger_settings
+from app.messenger.thread_models import Membership, Thread
+from app.messenger.threads import Threads
+
+messages, memberships, threads = table(Message), table(Membership), table(Thread)
+mentions = table(Mention)
+columns = [c for c in messages.c if c.name != "deleted"]
+mine = messages.c.thread_id.in_(  # the caller's live threads
+    select(memberships.c.thread_id)
+    .join(threads, threads.c.id == memberships.c.thread_id)
+    .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
+)
+# The full-text index of each database (see the reactions_and_search migration).
+matches: ColumnElement[bool]
+newest_first: ColumnElement[int] = messages.c.id
+if settings.is_sqlite:
+    fts = sa.table("message_fts", sa.column("rowid"))
+    matches = messages.c.id.in_(
+        select(fts.c.rowid).where(literal_column("message_fts").op("MATCH")(bindparam("q")))
+    )
+else:
+    # A literal, not a parameter: the index's very expression.
+    simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
+    matches = func.to_tsvector(simple, messages.c.body).op("@@")(
+        func.plainto_tsquery(simple, bindparam("q"))
+    )
+    # Not the primary key's order: else PostgreSQL may walk the whole table backwards,
+    # hoping to meet matches soon (a guess: prepared plans know no word), which for a rare
+    # word reads every row. This way the matches come from the index and are sorted.
+    newest_first = messages.c.id + literal_column("0")
+# The caller's mentions, read in the order of the mention index (user, message). On
+# PostgreSQL each mention's message is looked up by itself, behind an OFFSET 0 fence: joined,
+# the planner may merge the mentions with the message table walked down from its newest row,
+# or fetch every mention of the caller and sort them, and either grows with the feed.
+mentioned: Select[Any]
+if settings.is_sqlite:
+    mentioned = select(*columns).join(mentions, mentions.c.message_id == messages.c.id)
+    mentioned = mentioned.where(live(messages), mine)
+else:
+    message = (
+        select(*columns)
+        .where(messages.c.id == mentions.c.message_id, live(messages), mine)
+        .offset(literal_column("0"))
+        .lateral("mentioned")
+    )
+    mentioned = select(*message.c).select_from(mentions).join(message, true())
+
+
+class Feeds(Repository[MessageOut]):
+    table, row = messages, MessageOut
+
+    _search = select(*columns).where(live(messages), matches, mine)
+    _found = Keyset(_search, [newest_first], descending=True)
+    _found_in = Keyset(
+        _search.where(messages.c.thread_id == bindparam("thread_id")),
+        [newest_first],
+        descending=True,
+    )
+    _mentioning = Keyset(
+        mentioned.where(mentions.c.user_id == bindparam("user_id")),
+        [mentions.c.message_id],
+        descending=True,
+    )
+
+    async def search(
+        self, user_id: int, q: str, thread_id: int | None, limit: int, after: list[Any] | None
+    ) -> Page[MessageOut]:
+        """Messages of the user's live threads (or of one of them) holding every word of
+        `q`, newest first, found through the full-text index."""
+        if thread_id is not None:
+            await Threads(self.conn).visible(thread_id, user_id)
+        terms = words(q)  # quoted for FTS5: a word is never an operator there
+        query = " ".join(f'"{w}"' for w in terms) if settings.is_sqlite else " ".join(terms)
+        params = {"user_id": user_id, "q": query, "thread_id": thread_id}
+        found = self._found if thread_id is None else self._found_in
+        # A common word in many threads matches a great many rows: bounded, 503 past it.
+        async with time_limit(self.conn, messenger_settings.search_seconds):
+            rows, more = await found.page(self.conn, limit, after, **params)
+        items = await Messages(self.conn).filled([self.load(r) for r in rows], user_id)
+        return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
+
+    async def mentioning(
+        self, user_id: int, limit: int, after: list[Any] | None
+    ) -> Page[MessageOut]:
+        """Messages of the user's live threads that mention it, newest first."""
+        rows, more = await self._mentioning.page(self.conn, limit, after, user_id=user_id)
+        items = await Messages(self.conn).filled([self.load(r) for r in rows], user_id)
+        return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

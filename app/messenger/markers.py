@@ -1,0 +1,79 @@
+"""Read markers: how far each member has read a thread (they only move forward), and what
+lies past them: the unread counts of the thread list."""
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.errors import Invalid
+from app.core.models import table
+from app.core.repository import live
+from app.messenger.events import changed
+from app.messenger.message_models import Mention, Message
+from app.messenger.thread_models import Membership, Thread
+
+threads, memberships = table(Thread), table(Membership)
+messages, mentions = table(Message), table(Mention)
+
+# Messages after the caller's read marker, by others, not deleted: correlated to the outer
+# thread and membership, so a whole page is counted in one statement.
+unread = (
+    select(func.count())
+    .where(
+        messages.c.thread_id == threads.c.id,
+        messages.c.id > memberships.c.last_read_message_id,
+        messages.c.author_id != memberships.c.user_id,
+        live(messages),
+    )
+    .correlate(threads, memberships)
+    .scalar_subquery()
+)
+# Of those, the ones that mention the caller: from the caller's mentions (an index on
+# user and message), so a thread without any costs one index probe.
+unread_mentions = (
+    select(func.count())
+    .select_from(mentions.join(messages, messages.c.id == mentions.c.message_id))
+    .where(
+        mentions.c.user_id == memberships.c.user_id,
+        mentions.c.message_id > memberships.c.last_read_message_id,
+        messages.c.thread_id == threads.c.id,
+        live(messages),
+    )
+    .correlate(threads, memberships)
+    .scalar_subquery()
+)
+
+
+class Markers:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    # Forward only, in one statement, so concurrent requests cannot move it back.
+    _mark_read = (
+        update(memberships)
+        .where(
+            memberships.c.thread_id == bindparam("thread"),
+            memberships.c.user_id == bindparam("user"),
+            live(memberships),
+            memberships.c.last_read_message_id < bindparam("message"),
+        )
+        .values(last_read_message_id=bindparam("message"))
+    )
+
+    _message_in_thread = select(messages.c.id).where(
+        messages.c.id == bindparam("message"),
+        messages.c.thread_id == bindparam("thread"),
+        live(messages),
+    )
+
+    async def mark_read(self, thread_id: int, user_id: int, message_id: int) -> None:
+        """Everything up to `message_id` (a live message of the thread, or 0) is read."""
+        params = {"thread": thread_id, "user": user_id, "message": message_id}
+        if message_id and not (await self.conn.execute(self._message_in_thread, params)).first():
+            raise Invalid("message_id", "No such message in this thread")
+        if await self.move_marker(thread_id, user_id, message_id):
+            data = {"user_id": user_id, "message_id": message_id}
+            changed(self.conn, "thread.read", thread_id, data)
+
+    async def move_marker(self, thread_id: int, user_id: int, message_id: int) -> bool:
+        params = {"thread": thread_id, "user": user_id, "message": message_id}
+        return (await self.conn.execute(self._mark_read, params)).rowcount > 0
