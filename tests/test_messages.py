@@ -10,7 +10,7 @@ from tests.helpers import MakeUser, count_statements, fetch, new_thread, page, s
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
-    "reactions", "version",
+    "reactions", "version", "attachments",
 }  # fmt: skip
 
 

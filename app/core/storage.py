@@ -273,3 +273,27 @@ def make_storage() -> Storage:
             secret_access_key=settings.s3_secret_access_key,
         )
     return DiskStorage(Path(settings.upload_dir))
+
+
+class Files:
+    """The app's storage, made from the settings on first use; a service of the core
+    feature, so its client is closed when the app stops (the next use makes a new one)."""
+
+    def __init__(self) -> None:
+        self._storage: Storage | None = None
+
+    def __call__(self) -> Storage:
+        if self._storage is None:
+            self._storage = make_storage()
+        return self._storage
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        storage, self._storage = self._storage, None
+        if storage is not None:
+            await storage.close()
+
+
+files = Files()

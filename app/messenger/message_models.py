@@ -1,17 +1,27 @@
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import StringConstraints
+from pydantic import StringConstraints, model_validator
 from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from app.core.models import Base, NoNul, RowOut, UTCDateTime, body_config, utcnow
+from app.core.models import Base, Id, NoNul, RowOut, UTCDateTime, body_config, utcnow
+from app.messenger.upload_models import UploadOut
+
+MAX_ATTACHMENTS = 10
 
 Body = Annotated[
     str,
     NoNul,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
+    Field(schema_extra={"examples": ["See you at noon?"]}),
+]
+# A send's body may be empty when the message carries an attachment.
+SendBody = Annotated[
+    str,
+    NoNul,
+    StringConstraints(strip_whitespace=True, max_length=4000),
     Field(schema_extra={"examples": ["See you at noon?"]}),
 ]
 ClientId = Annotated[
@@ -69,8 +79,19 @@ def words(q: str) -> list[str]:
 class MessageCreate(SQLModel):
     model_config = body_config({"body": "See you at noon?", "client_id": "6f1c2a4e-phone-1"})
 
-    body: Body
+    body: SendBody = ""
     client_id: ClientId | None = None
+    attachment_ids: list[Id] = Field(
+        default_factory=list,  # no `default` in the schema: optional in generated clients
+        max_length=MAX_ATTACHMENTS,
+        description="Uploads of the caller's that no message carries yet, in the order shown",
+    )
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Self:
+        if not self.body and not self.attachment_ids:
+            raise ValueError("body: at least 1 character, unless something is attached")
+        return self
 
 
 class MessageUpdate(SQLModel):
@@ -93,6 +114,7 @@ class MessageOut(RowOut):
     edited_at: datetime | None
     version: int
     reactions: list[ReactionOut] = Field(default=[])  # a default_factory costs 100 µs here
+    attachments: list[UploadOut] = Field(default=[])
 
 
 class MessageChange(MessageOut):

@@ -35,15 +35,19 @@ search = APIRouter(
     status_code=status.HTTP_201_CREATED,
     response_model=MessageOut,
     summary="Send a message",
-    description="`body` is 1..4000 characters after trimming. Sending again with the same "
-    "`client_id` returns the original message with 200 instead of a duplicate, even when "
-    "the two requests race; 409 if that original was deleted since.",
+    description="`body` is 1..4000 characters after trimming (0..4000 with an attachment). "
+    "Sending again with the same `client_id` returns the original message with 200 instead "
+    "of a duplicate, even when the two requests race; 409 if that original was deleted since. "
+    "`attachment_ids`: at most 10 uploads of the caller's (POST /api/uploads) that no message "
+    "carries yet, else 422; shown in that order.",
     responses={200: {"description": "A repeat: the original", "model": MessageOut}, **errors(409)},
 )
 async def send_message(
     user: CurrentUser, db: WriteDb, thread_id: Id, body: MessageCreate, response: Response
 ) -> MessageOut:
-    message, created = await Messages(db).send(thread_id, user.id, body.body, body.client_id)
+    message, created = await Messages(db).send(
+        thread_id, user.id, body.body, body.client_id, body.attachment_ids
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     return message

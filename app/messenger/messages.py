@@ -1,6 +1,7 @@
 """Messages: idempotent send, history pages, edits, deletion, reactions, the changes
 feed, search."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +34,7 @@ from app.messenger.message_models import (
 from app.messenger.reactions import Reactions
 from app.messenger.thread_models import Membership, Thread
 from app.messenger.threads import Threads
+from app.messenger.uploads import Uploads
 
 messages, memberships, threads = table(Message), table(Membership), table(Thread)
 columns = [c for c in messages.c if c.name != "deleted"]
@@ -119,7 +121,12 @@ class Messages(Repository[MessageOut]):
     )
 
     async def send(
-        self, thread_id: int, author_id: int, body: str, client_id: str | None
+        self,
+        thread_id: int,
+        author_id: int,
+        body: str,
+        client_id: str | None,
+        attachment_ids: Sequence[int] = (),
     ) -> tuple[MessageOut, bool]:
         """(the message, True) or, for a repeated client_id, (the original, False)."""
         now = utcnow()
@@ -136,8 +143,9 @@ class Messages(Repository[MessageOut]):
             original = (await self.conn.execute(self._by_client_id, params)).one()
             if original.deleted:
                 raise Conflict("The message with this client_id was deleted")
-            return self.load(original), False
+            return (await Uploads(self.conn).of([self.load(original)]))[0], False
         message = self.load(row)
+        message.attachments = await Uploads(self.conn).attach(message.id, author_id, attachment_ids)
         await Threads(self.conn).move_marker(thread_id, author_id, message.id)
         changed(self.conn, "message.created", thread_id, message, message.version)
         return message, True
@@ -145,7 +153,10 @@ class Messages(Repository[MessageOut]):
     async def get(self, id: int) -> MessageOut | None:
         """A message as every reader sees it (no reaction is `me`): what events carry."""
         message = await super().get(id)
-        return None if message is None else (await Reactions(self.conn).of([message], 0))[0]
+        if message is None:
+            return None
+        await Uploads(self.conn).of([message])
+        return (await Reactions(self.conn).of([message], 0))[0]
 
     async def page(
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
@@ -155,7 +166,7 @@ class Messages(Repository[MessageOut]):
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = await self.all(stmt, **params)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
-        items = await Reactions(self.conn).of(page, user_id)
+        items = await Reactions(self.conn).of(await Uploads(self.conn).of(page), user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)
 
     async def _message(self, thread_id: int, message_id: int) -> MessageOut:
@@ -172,7 +183,7 @@ class Messages(Repository[MessageOut]):
         edited = await self._change(
             message_id, body=body, edited_at=utcnow(), version=thread.version
         )
-        edited = (await Reactions(self.conn).of([edited], user_id))[0]
+        edited = (await Reactions(self.conn).of(await Uploads(self.conn).of([edited]), user_id))[0]
         changed(self.conn, "message.updated", thread_id, edited, edited.version)
         return edited
 
@@ -189,7 +200,7 @@ class Messages(Repository[MessageOut]):
         if done:
             thread = await Threads(self.conn).bump(thread_id, user_id)
             message = await self._change(message_id, version=thread.version)
-        message = (await rows.of([message], user_id))[0]
+        message = (await rows.of(await Uploads(self.conn).of([message]), user_id))[0]
         if done:
             kind = "reaction.added" if add else "reaction.removed"
             changed(self.conn, kind, thread_id, message, message.version)
@@ -204,6 +215,7 @@ class Messages(Repository[MessageOut]):
         if user_id not in (message.author_id, thread.owner_id) and not admin:
             raise Forbidden("You may not delete this message")
         gone = await self._change(message_id, deleted=True, version=thread.version)
+        await Uploads(self.conn).release(message_id)
         gone = gone.model_copy(update={"body": ""})
         changed(self.conn, "message.deleted", thread_id, gone, gone.version)
         return gone
@@ -231,7 +243,8 @@ class Messages(Repository[MessageOut]):
             MessageChange.model_construct(**{**r._mapping, "body": "" if r.deleted else r.body})
             for r in rows[:limit]
         ]
-        await Reactions(self.conn).of([i for i in items if not i.deleted], user_id)
+        live_items = await Uploads(self.conn).of([i for i in items if not i.deleted])
+        await Reactions(self.conn).of(live_items, user_id)
         more = len(rows) > limit
         return ChangesPage(items=items, version=items[-1].version if more else upto, has_more=more)
 
@@ -247,5 +260,6 @@ class Messages(Repository[MessageOut]):
         params = {"user_id": user_id, "q": query, "thread_id": thread_id}
         found = self._found if thread_id is None else self._found_in
         rows, more = await found.page(self.conn, limit, after, **params)
-        items = await Reactions(self.conn).of([self.load(r) for r in rows], user_id)
+        loaded = await Uploads(self.conn).of([self.load(r) for r in rows])
+        items = await Reactions(self.conn).of(loaded, user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)

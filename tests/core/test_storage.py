@@ -1,8 +1,9 @@
 """The storage layer on both backends: a folder in tmp_path, and S3 as moto's real HTTP
-server on a free port (no mocks of the client: requests go over the wire)."""
+server on a free port (the s3_endpoint fixture; no mocks of the client: requests go over
+the wire)."""
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,16 +12,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
-from aiobotocore.session import get_session
-from moto.server import ThreadedMotoServer
 
 from app.core.settings import settings
 from app.core.storage import KEY, DiskStorage, S3Storage, Storage, make_storage
-from tests.helpers import free_port
+from tests.helpers import S3_BUCKET
 
 MiB = 1024 * 1024
-BUCKET = "uploads"
-CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 BAD_KEYS = ["../etc/passwd", "A" * 32, "a" * 31, "a" * 33, "a" * 32 + "\n", ""]
 
 
@@ -33,29 +30,9 @@ class Backend:
     leftovers: Callable[[str], Awaitable[list[str]]]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 as a real HTTP server, in this process."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-async def s3_client(s3_endpoint: str) -> AsyncIterator[Any]:
-    """A raw client with the bucket created, to look behind the storage."""
-    async with get_session().create_client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **CREDENTIALS
-    ) as client:
-        await client.create_bucket(Bucket=BUCKET)
-        yield client
-
-
 def s3_storage_at(endpoint: str) -> S3Storage:
     return S3Storage(
-        BUCKET,
+        S3_BUCKET,
         endpoint_url=endpoint,
         region="us-east-1",
         access_key_id="test",
@@ -83,8 +60,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     client = request.getfixturevalue("s3_client")
 
     async def in_bucket(key: str) -> list[str]:
-        objects = await client.list_objects_v2(Bucket=BUCKET, Prefix=key)
-        uploads = await client.list_multipart_uploads(Bucket=BUCKET, Prefix=key)
+        objects = await client.list_objects_v2(Bucket=S3_BUCKET, Prefix=key)
+        uploads = await client.list_multipart_uploads(Bucket=S3_BUCKET, Prefix=key)
         return [o["Key"] for o in objects.get("Contents", [])] + [
             f"upload of {u['Key']}" for u in uploads.get("Uploads", [])
         ]
@@ -123,7 +100,7 @@ async def test_round_trip(backend: Backend, size: int) -> None:
 async def test_a_large_file_goes_up_in_parts(s3_storage: S3Storage, s3_client: Any) -> None:
     key = new_key()
     await s3_storage.save(key, chunked(secrets.token_bytes(12 * MiB)))
-    head = await s3_client.head_object(Bucket=BUCKET, Key=key)
+    head = await s3_client.head_object(Bucket=S3_BUCKET, Key=key)
     # A multipart object's ETag ends in its part count: 5 + 5 + 2 MiB.
     assert head["ETag"].strip('"').endswith("-3")
     assert head["ContentLength"] == 12 * MiB
@@ -191,8 +168,8 @@ async def test_keys_skips_what_is_not_a_key(backend: Backend, s3_client: Any) ->
         (folder / ("ff" * 16 if key[:2] != "ff" else "00" * 16)).write_bytes(b"x")  # misplaced
         (folder / "notes.txt").write_bytes(b"x")
     else:
-        await s3_client.put_object(Bucket=BUCKET, Key="someone-elses.txt", Body=b"x")
-        await s3_client.put_object(Bucket=BUCKET, Key=f"{key}/x", Body=b"x")
+        await s3_client.put_object(Bucket=S3_BUCKET, Key="someone-elses.txt", Body=b"x")
+        await s3_client.put_object(Bucket=S3_BUCKET, Key=f"{key}/x", Body=b"x")
     listed = list(await stored(backend.storage))
     assert key in listed and all(KEY.fullmatch(k) for k in listed)
     if backend.name == "disk":  # the bucket is shared with the other tests
