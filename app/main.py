@@ -38,6 +38,10 @@ TAGS = [
         "description": "A thread's messages: send (idempotent with "
         "`client_id`), page, edit, delete, react, search.",
     },
+    {
+        "name": "uploads",
+        "description": "Files to attach to messages: upload first, then name them in a send.",
+    },
     {"name": "realtime", "description": "WebSocket events; see the description above."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]

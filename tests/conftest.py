@@ -6,9 +6,12 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
+from typing import Any
 
 _scratch = tempfile.mkdtemp(prefix="fab-tests-")
 os.environ.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{_scratch}/test.db")
+os.environ["UPLOAD_DIR"] = f"{_scratch}/uploads"  # never the working folder's
+os.environ.pop("S3_BUCKET", None)
 os.environ["ENVIRONMENT"] = "development"
 os.environ.pop("FIRST_SUPERUSER_EMAIL", None)
 
@@ -28,6 +31,8 @@ from app.main import app  # noqa: E402
 from tests.helpers import (  # noqa: E402
     MAIL_FRONTEND,
     PASSWORD,
+    S3_BUCKET,
+    S3_CREDENTIALS,
     Inbox,
     MakeUser,
     User,
@@ -142,3 +147,27 @@ def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
         monkeypatch.setattr(settings, name, value)
     yield box
     box.controller.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 as a real HTTP server, in this process, on a free port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def s3_client(s3_endpoint: str) -> AsyncIterator[Any]:
+    """A raw client with the bucket S3_BUCKET created, to look behind the app's storage."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_CREDENTIALS
+    ) as client:
+        await client.create_bucket(Bucket=S3_BUCKET)
+        yield client

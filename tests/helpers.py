@@ -34,6 +34,9 @@ from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
+# The bucket the s3_client fixture creates on moto's server, and the keys moto takes.
+S3_BUCKET = "uploads"
+S3_CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 APP = (sys.executable, "-m", "app")
 # uvicorn as its own command line runs the app: its logging config, its access log.
 PLAIN_UVICORN = (sys.executable, "-m", "uvicorn", "app.main:app", "--port", "{port}")
@@ -236,6 +239,35 @@ async def send(
     r = await client.post(
         f"/api/threads/{thread_id}/messages", json={"body": body, **fields}, headers=user.headers
     )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def multipart(
+    data: bytes,
+    filename: bytes | str | None = "a.bin",
+    field: str = "file",
+    content_type: str = "application/octet-stream",
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body of one part, and its Content-Type header. Built by hand,
+    so a file name's bytes go as they are (httpx would escape control characters)."""
+    boundary = "----test" + os.urandom(8).hex()
+    name = filename.encode() if isinstance(filename, str) else filename
+    disposition = f'form-data; name="{field}"'.encode()
+    if name is not None:
+        disposition += b'; filename="' + name + b'"'
+    head = f"--{boundary}\r\nContent-Disposition: ".encode() + disposition
+    head += f"\r\nContent-Type: {content_type}\r\n\r\n".encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def upload(
+    client: httpx.AsyncClient, user: User, data: bytes = b"hello", filename: str = "a.txt"
+) -> Any:
+    """POST /api/uploads: the Upload."""
+    body, headers = multipart(data, filename)
+    r = await client.post("/api/uploads", content=body, headers={**user.headers, **headers})
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -33,6 +33,17 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class TooLarge(DomainError):
+    """More than a limit allows: the request stops here, and its connection is closed
+    (the rest of its body is not read)."""
+
+    status_code = 413
+
+    def __init__(self, detail: str = "Content Too Large") -> None:
+        super().__init__(detail)
+        self.headers = {"Connection": "close"}
+
+
 class Invalid(DomainError):
     """A field that names something unusable (an unknown user, a message of another
     thread): a 422 in FastAPI's own list shape, as if the field had failed validation."""

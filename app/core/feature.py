@@ -13,6 +13,7 @@ from app.core import health, limits
 from app.core.events import Listening, MailQueued, Subscription, on
 from app.core.jobs import Chore, Job, Template, runner
 from app.core.settings import settings
+from app.core.storage import files
 
 
 class Service(Protocol):
@@ -43,5 +44,5 @@ core = Feature(
     routers=[health.router],
     subscriptions=[on(MailQueued, runner.wake), on(Listening, runner.wake)],
     chores=[prune_counters],
-    services=[runner],
+    services=[files, runner],  # stopped in reverse: no job uses storage once it is closed
 )

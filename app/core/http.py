@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import metrics
@@ -248,6 +249,10 @@ def install(app: FastAPI) -> None:
         if exc.retry_after:
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)  # left mid-body: no server error, no one to tell
+    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=status.HTTP_400_BAD_REQUEST)
 
     @app.exception_handler(PoolTimeout)
     async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:

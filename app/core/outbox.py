@@ -5,7 +5,7 @@ lease (app.core.jobs)."""
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, delete, func, or_, select, update
+from sqlalchemy import JSON, delete, func, insert, or_, select, update
 from sqlmodel import Field, SQLModel
 
 from app.core.events import MailQueued, publish
@@ -46,6 +46,15 @@ class Outbox(Repository[MailRow]):
     async def queue(self, kind: str, to: str, **data: Any) -> None:
         await self.create(kind=kind, to=to, data=data, next_attempt_at=utcnow())
         publish(self.conn, MailQueued())  # a runner may start at once, in any process
+
+    async def queue_jobs(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """One job of `kind` for each item (its data), in one statement and one wake-up."""
+        if items:
+            now = utcnow()
+            times = {"created_at": now, "updated_at": now, "next_attempt_at": now}
+            rows = [{"kind": kind, "to": "", "data": data, **times} for data in items]
+            await self.conn.execute(insert(mails), rows)
+            publish(self.conn, MailQueued())
 
     async def claim(self, limit: int, lease: timedelta) -> list[MailRow]:
         """Due rows, leased to the caller: other processes skip them (SKIP LOCKED) and,

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     events_url: str | None = None
     metrics_enabled: bool = False
     sentry_dsn: str | None = None
+    # Uploaded files: this folder (relative to the working folder) unless S3_BUCKET is set.
+    upload_dir: str = "uploads"
+    # Unset keys and region fall back to boto's usual chain (environment, instance role).
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
 
     @model_validator(mode="after")
     def _refuse_sample_secret_in_production(self) -> "Settings":

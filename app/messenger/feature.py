@@ -3,10 +3,18 @@ app/messenger/ and its entry in app/main.py."""
 
 from app.core.events import Listening, UserChanged, UserDeleted, in_transaction, on
 from app.core.feature import Feature
-from app.messenger import block_routes, message_routes, realtime, thread_routes
+from app.messenger import (
+    block_routes,
+    message_routes,
+    realtime,
+    thread_routes,
+    upload_lifecycle,
+    upload_routes,
+)
 from app.messenger.events import ThreadEvent
 from app.messenger.realtime import hub
 from app.messenger.threads import leave_all
+from app.messenger.uploads import PURGE
 
 messenger = Feature(
     name="messenger",
@@ -16,6 +24,7 @@ messenger = Feature(
         message_routes.search,
         message_routes.mentions,
         block_routes.router,
+        upload_routes.router,
         realtime.router,
     ],
     subscriptions=[
@@ -26,5 +35,9 @@ messenger = Feature(
         on(UserChanged, hub.user_changed),
         on(Listening, hub.listening),
     ],
+    # A deleted upload's bytes go by a job each; the hourly chores expire unattached
+    # uploads and sweep what a crash left behind (bytes without a row, rows without bytes).
+    jobs={PURGE: upload_lifecycle.purge},
+    chores=[upload_lifecycle.expire, upload_lifecycle.sweep],
     services=[hub],
 )

@@ -1,18 +1,29 @@
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import StringConstraints
+from pydantic import StringConstraints, model_validator
 from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from app.core.models import Base, Id, NoNul, RowOut, UTCDateTime, Visible, body_config, utcnow
+from app.messenger.upload_models import UploadOut
+
+MAX_ATTACHMENTS = 10
 
 Body = Annotated[
     str,
     NoNul,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=4000),
     Visible,  # last: it runs first
+    Field(schema_extra={"examples": ["See you at noon?"]}),
+]
+# A send's body may be empty when the message carries an attachment.
+SendBody = Annotated[
+    str,
+    NoNul,
+    StringConstraints(strip_whitespace=True, max_length=4000),
+    Visible,
     Field(schema_extra={"examples": ["See you at noon?"]}),
 ]
 ClientId = Annotated[
@@ -89,7 +100,7 @@ class MessageCreate(SQLModel):
         {"body": "Noon works, Bob?", "reply_to_id": 41, "mention_ids": [2]},
     )
 
-    body: Body
+    body: SendBody = ""
     client_id: ClientId | None = None
     reply_to_id: Id | None = Field(
         default=None,
@@ -97,12 +108,23 @@ class MessageCreate(SQLModel):
         schema_extra={"examples": [41]},
     )
     mention_ids: list[Id] = Field(
-        default=[],
+        default_factory=list,  # no `default` in the schema: optional in generated clients
         max_length=MAX_MENTIONS,
         description="Users this message mentions, each a member of the thread. Duplicates "
         "and the author's own id are dropped, and so is anyone who blocks the author.",
         schema_extra={"examples": [[2, 3]]},
     )
+    attachment_ids: list[Id] = Field(
+        default_factory=list,  # no `default` in the schema: optional in generated clients
+        max_length=MAX_ATTACHMENTS,
+        description="Uploads of the caller's that no message carries yet, in the order shown",
+    )
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Self:
+        if not self.body and not self.attachment_ids:
+            raise ValueError("body: at least 1 character, unless something is attached")
+        return self
 
 
 class MessageUpdate(SQLModel):
@@ -127,6 +149,7 @@ class MessageOut(RowOut):
     reply_to_id: int | None = Field(default=None, schema_extra={"examples": [41]})
     reactions: list[ReactionOut] = Field(default=[])  # a default_factory costs 100 µs here
     mention_ids: list[int] = Field(default=[], schema_extra={"examples": [[2]]})
+    attachments: list[UploadOut] = Field(default=[])
 
 
 class MessageChange(MessageOut):

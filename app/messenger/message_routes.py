@@ -40,12 +40,14 @@ mentions = APIRouter(
     status_code=status.HTTP_201_CREATED,
     response_model=MessageOut,
     summary="Send a message",
-    description="`body` is 1..4000 characters after trimming. Sending again with the same "
-    "`client_id` returns the original message with 200 instead of a duplicate, even when "
-    "the two requests race; 409 if that original was deleted since. `reply_to_id`: a live "
-    "message of the thread; `mention_ids`: members of the thread (at most 50), each of "
-    "whom gets the message in `/api/mentions` and in its thread's `unread_mention_count`. "
-    "More than `MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.",
+    description="`body` is 1..4000 characters after trimming (0..4000 with an attachment). "
+    "Sending again with the same `client_id` returns the original message with 200 instead "
+    "of a duplicate, even when the two requests race; 409 if that original was deleted since. "
+    "`reply_to_id`: a live message of the thread; `mention_ids`: members of the thread (at "
+    "most 50), each of whom gets the message in `/api/mentions` and in its thread's "
+    "`unread_mention_count`; `attachment_ids`: at most 10 uploads of the caller's (POST "
+    "/api/uploads) that no message carries yet, shown in that order. More than "
+    "`MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.",
     responses={
         200: {"description": "A repeat: the original", "model": MessageOut},
         **errors(409, 429),

@@ -34,6 +34,7 @@ from app.messenger.message_models import (
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
 from app.messenger.threads import Threads
+from app.messenger.uploads import Uploads
 
 M = TypeVar("M", bound=MessageOut)
 messages = table(Message)
@@ -119,13 +120,18 @@ class Messages(Repository[MessageOut]):
         message = self.load(row)
         await Mentions(self.conn).add(message.id, mentioned)
         message.mention_ids = mentioned
+        message.attachments = await Uploads(self.conn).attach(
+            message.id, author_id, new.attachment_ids
+        )
         await Markers(self.conn).move_marker(thread_id, author_id, message.id)
         changed(self.conn, "message.created", thread_id, message, message.version)
         return message, True
 
     async def filled(self, items: Sequence[M], user_id: int) -> list[M]:
-        """`items` with their reactions (`me` for `user_id`) and mentions: two statements."""
-        return await Mentions(self.conn).of(await Reactions(self.conn).of(items, user_id))
+        """`items` with their reactions (`me` for `user_id`), mentions and attachments:
+        three statements, however many items."""
+        items = await Reactions(self.conn).of(items, user_id)
+        return await Uploads(self.conn).of(await Mentions(self.conn).of(items))
 
     async def get(self, id: int) -> MessageOut | None:
         """A message as every reader sees it (no reaction is `me`): what events carry."""
@@ -197,6 +203,7 @@ class Messages(Repository[MessageOut]):
         if user_id not in (message.author_id, thread.owner_id) and not admin:
             raise Forbidden("You may not delete this message")
         gone = await self._change(message_id, deleted=True, version=thread.version)
+        await Uploads(self.conn).release(message_id)
         gone = gone.model_copy(update={"body": ""})
         changed(self.conn, "message.deleted", thread_id, gone, gone.version)
         return gone

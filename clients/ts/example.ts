@@ -5,7 +5,13 @@ import createClient from "openapi-fetch";
 import type { components, paths } from "./schema";
 
 export type Message = components["schemas"]["MessageOut"];
-export type SendOptions = { replyTo?: number; mentions?: number[]; clientId?: string };
+export type Upload = components["schemas"]["UploadOut"];
+export type SendOptions = {
+  replyTo?: number;
+  mentions?: number[];
+  attachments?: number[];
+  clientId?: string;
+};
 
 export function api(baseUrl: string, token?: string) {
   return createClient<paths>({
@@ -34,11 +40,17 @@ export async function send(
   token: string,
   threadId: number,
   body: string,
-  { replyTo, mentions = [], clientId = crypto.randomUUID() }: SendOptions = {},
+  { replyTo, mentions = [], attachments = [], clientId = crypto.randomUUID() }: SendOptions = {},
 ): Promise<Message> {
   const { data, error } = await api(baseUrl, token).POST("/api/threads/{thread_id}/messages", {
     params: { path: { thread_id: threadId } },
-    body: { body, client_id: clientId, reply_to_id: replyTo, mention_ids: mentions },
+    body: {
+      body,
+      client_id: clientId,
+      reply_to_id: replyTo,
+      mention_ids: mentions,
+      attachment_ids: attachments,
+    },
   });
   if (error) throw new Error(`send failed: ${error.detail}`);
   return data;
@@ -56,4 +68,32 @@ export async function history(
   });
   if (error) throw new Error(`history failed: ${error.detail}`);
   return data.items;
+}
+
+/** Uploads a file (multipart, one part named `file`), then sends it attached to a message. */
+export async function sendFile(
+  baseUrl: string,
+  token: string,
+  threadId: number,
+  file: Blob,
+  filename: string,
+  body: string = "",
+): Promise<Message> {
+  const client = api(baseUrl, token);
+  const { data: upload, error: refused } = await client.POST("/api/uploads", {
+    body: { file: "" },
+    // The browser sets the multipart Content-Type, with its boundary.
+    bodySerializer: () => {
+      const form = new FormData();
+      form.append("file", file, filename);
+      return form;
+    },
+  });
+  if (refused || !upload) throw new Error(`upload failed: ${JSON.stringify(refused)}`);
+  const { data, error } = await client.POST("/api/threads/{thread_id}/messages", {
+    params: { path: { thread_id: threadId } },
+    body: { body, attachment_ids: [upload.id] },
+  });
+  if (error) throw new Error(`send failed: ${error.detail}`);
+  return data;
 }

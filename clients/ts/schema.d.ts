@@ -486,7 +486,7 @@ export interface paths {
         put?: never;
         /**
          * Send a message
-         * @description `body` is 1..4000 characters after trimming. Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race; 409 if that original was deleted since. `reply_to_id`: a live message of the thread; `mention_ids`: members of the thread (at most 50), each of whom gets the message in `/api/mentions` and in its thread's `unread_mention_count`. More than `MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.
+         * @description `body` is 1..4000 characters after trimming (0..4000 with an attachment). Sending again with the same `client_id` returns the original message with 200 instead of a duplicate, even when the two requests race; 409 if that original was deleted since. `reply_to_id`: a live message of the thread; `mention_ids`: members of the thread (at most 50), each of whom gets the message in `/api/mentions` and in its thread's `unread_mention_count`; `attachment_ids`: at most 10 uploads of the caller's (POST /api/uploads) that no message carries yet, shown in that order. More than `MESSAGES_PER_MINUTE` sends by one user within 60 seconds: 429.
          */
         post: operations["messages-send_message"];
         delete?: never;
@@ -637,6 +637,50 @@ export interface paths {
          * @description 204 whether or not you blocked that user.
          */
         delete: operations["users-unblock_user"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload a file, to attach to a message
+         * @description `multipart/form-data` with one file part named `file`, at most MAX_UPLOAD_BYTES (10485760) bytes, else 413 and nothing is kept. `content_type` is found from the bytes (PNG, JPEG, GIF, WebP, else application/octet-stream); `filename` is the last part of the client's name. A user holds at most MAX_PENDING_UPLOADS uploads that no message carries (429 beyond); unattached ones expire after UPLOAD_EXPIRE_MINUTES.
+         */
+        post: operations["uploads-upload_file"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads/{upload_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download an upload
+         * @description For its uploader, and for the members of the thread whose live message carries it; 404 for anyone else. The bytes (inline for images, else as an attachment), or with object storage a 307 to a signed URL valid for minutes. `If-None-Match: "<sha256>"`: 304.
+         */
+        get: operations["uploads-download"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete an upload no message carries (uploader only)
+         * @description Its bytes go too. 409 when a live message carries it: delete the message.
+         */
+        delete: operations["uploads-delete_upload"];
         options?: never;
         head?: never;
         patch?: never;
@@ -798,6 +842,11 @@ export interface components {
              *     ]
              */
             mention_ids: number[];
+            /**
+             * Attachments
+             * @default []
+             */
+            attachments: components["schemas"]["UploadOut"][];
             /** Deleted */
             deleted: boolean;
         };
@@ -818,6 +867,7 @@ export interface components {
         MessageCreate: {
             /**
              * Body
+             * @default
              * @example See you at noon?
              */
             body: string;
@@ -832,13 +882,17 @@ export interface components {
             /**
              * Mention Ids
              * @description Users this message mentions, each a member of the thread. Duplicates and the author's own id are dropped, and so is anyone who blocks the author.
-             * @default []
              * @example [
              *       2,
              *       3
              *     ]
              */
-            mention_ids: number[];
+            mention_ids?: number[];
+            /**
+             * Attachment Ids
+             * @description Uploads of the caller's that no message carries yet, in the order shown
+             */
+            attachment_ids?: number[];
         };
         /** MessageOut */
         MessageOut: {
@@ -884,6 +938,11 @@ export interface components {
              *     ]
              */
             mention_ids: number[];
+            /**
+             * Attachments
+             * @default []
+             */
+            attachments: components["schemas"]["UploadOut"][];
         };
         /** MessagePage */
         MessagePage: {
@@ -1091,6 +1150,24 @@ export interface components {
             secret: string;
             /** Otpauth Url */
             otpauth_url: string;
+        };
+        /** UploadOut */
+        UploadOut: {
+            /** Id */
+            id: number;
+            /** Filename */
+            filename: string;
+            /** Content Type */
+            content_type: string;
+            /** Size */
+            size: number;
+            /** Sha256 */
+            sha256: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
         };
         /**
          * UserCreate
@@ -4838,6 +4915,233 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "uploads-upload_file": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": {
+                    /** Format: binary */
+                    file: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadOut"];
+                };
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No part named `file`, or empty */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A limit was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "uploads-download": {
+        parameters: {
+            query?: never;
+            header?: {
+                "if-none-match"?: string | null;
+            };
+            path: {
+                upload_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The bytes */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": unknown;
+                };
+            };
+            /** @description Unchanged: the ETag given is the file's */
+            304: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description With object storage: a signed URL of the bytes */
+            307: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "uploads-delete_upload": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                upload_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No token, or a bad, expired or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks a scope this needs, or the caller may see but not change this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflicts with existing data */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

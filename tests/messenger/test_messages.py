@@ -22,7 +22,7 @@ from tests.helpers import (
 
 MESSAGE = {
     "id", "thread_id", "author_id", "body", "client_id", "created_at", "updated_at", "edited_at",
-    "reactions", "version", "reply_to_id", "mention_ids",
+    "reactions", "version", "reply_to_id", "mention_ids", "attachments",
 }  # fmt: skip
 
 

@@ -1,0 +1,168 @@
+"""What happens to uploads over time: unattached ones expire, a deleted one's bytes are
+deleted by a job that is retried until it works, and the hourly sweep deletes bytes
+without a row and forgets rows without bytes. The chores are run here as the job runner
+runs them every hour (`runner.chore()`); the jobs run in the background as queued."""
+
+import asyncio
+import os
+import secrets
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+
+from app.core.jobs import runner
+from app.core.settings import settings
+from app.core.storage import files
+from app.messenger import upload_lifecycle
+from app.messenger.settings import messenger_settings
+from tests.helpers import MakeUser, User, fetch, new_thread, upload
+from tests.messenger.conftest import Backend
+
+
+async def key_of(upload_id: int) -> str:
+    [row] = await fetch("SELECT key FROM upload WHERE id = :id", id=upload_id)
+    return str(row.key)
+
+
+async def until(check: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+async def attach(client: AsyncClient, user: User, thread: Any, ids: list[int]) -> Any:
+    r = await client.post(
+        f"/api/threads/{thread['id']}/messages",
+        json={"body": "", "attachment_ids": ids},
+        headers=user.headers,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def saved(data: bytes = b"orphan") -> str:
+    """Bytes in storage that no row names, as a crash between save and insert leaves."""
+    key = secrets.token_hex(16)
+
+    async def chunks() -> Any:
+        yield data
+
+    await files().save(key, chunks())
+    return key
+
+
+async def test_unattached_uploads_expire(
+    client: AsyncClient, make_user: MakeUser, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = await make_user()
+    thread = await new_thread(client, me)
+    old, sent = await upload(client, me, b"old"), await upload(client, me, b"sent")
+    await attach(client, me, thread, [sent["id"]])
+    old_key, sent_key = await key_of(old["id"]), await key_of(sent["id"])
+    monkeypatch.setattr(messenger_settings, "upload_expire_minutes", 0)
+    # Past its time it is gone for requests at once, before any chore ran.
+    url = f"/api/uploads/{old['id']}"
+    assert (await client.get(url, headers=me.headers)).status_code == 404
+    assert (await client.delete(url, headers=me.headers)).status_code == 404
+    r = await client.post(
+        f"/api/threads/{thread['id']}/messages",
+        json={"body": "", "attachment_ids": [old["id"]]},
+        headers=me.headers,
+    )
+    assert r.status_code == 422
+    assert await backend.holds(old_key)
+
+    await runner.chore()
+
+    async def old_gone() -> bool:
+        return not await backend.holds(old_key)
+
+    await until(old_gone)
+    assert await backend.holds(sent_key)  # attached: it stays
+    assert (await client.get(f"/api/uploads/{sent['id']}", headers=me.headers)).status_code in (
+        200,
+        307,
+    )
+    [row] = await fetch("SELECT deleted, purged FROM upload WHERE id = :id", id=old["id"])
+    assert row.deleted and row.purged
+
+
+async def test_the_sweep_deletes_orphans_and_forgets_lost_files(
+    client: AsyncClient, make_user: MakeUser, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = await make_user()
+    kept, lost = await upload(client, me, b"kept"), await upload(client, me, b"lost")
+    kept_key, lost_key = await key_of(kept["id"]), await key_of(lost["id"])
+    await files().delete(lost_key)  # behind the app's back
+    orphan = await saved()
+    # Bytes without a row are swept once they are older than any save in flight could be.
+    monkeypatch.setattr(upload_lifecycle, "ORPHAN_AGE", timedelta(0))
+
+    await runner.chore()
+
+    assert not await backend.holds(orphan)
+    assert await backend.holds(kept_key)
+    r = await client.get(f"/api/uploads/{lost['id']}", headers=me.headers)
+    assert r.status_code == 404
+    r = await client.get(f"/api/uploads/{kept['id']}", headers=me.headers)
+    assert r.status_code in (200, 307)
+
+
+async def test_the_sweep_spares_young_orphans(disk: Backend) -> None:
+    """A save whose row is not written yet looks like an orphan: only old ones go."""
+    young, old = await saved(), await saved()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(disk.root / old[:2] / old, (hours_ago, hours_ago))
+    await runner.chore()
+    assert await disk.holds(young) and not await disk.holds(old)
+
+
+async def test_a_failed_purge_is_retried(
+    client: AsyncClient,
+    make_user: MakeUser,
+    disk: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    me = await make_user()
+    thread = await new_thread(client, me)
+    up = await upload(client, me)
+    message = await attach(client, me, thread, [up["id"]])
+    key = await key_of(up["id"])
+    # A storage that fails to delete: where the key's folder should be lies a file.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / key[:2]).write_bytes(b"")
+    monkeypatch.setattr(settings, "upload_dir", str(broken))
+    await files.stop()
+
+    url = f"/api/threads/{thread['id']}/messages/{message['id']}"
+    assert (await client.delete(url, headers=me.headers)).status_code == 204
+
+    async def claimed() -> bool:
+        rows = await fetch("SELECT attempts FROM mail WHERE kind = 'upload.purge'")
+        return bool(rows) and rows[0].attempts >= 1
+
+    await until(claimed)
+    await asyncio.sleep(0.5)  # it fails within milliseconds; its retry waits 2 seconds
+    [job] = await fetch("SELECT attempts, sent_at FROM mail WHERE kind = 'upload.purge'")
+    assert (job.attempts, job.sent_at) == (1, None)
+    assert await disk.holds(key)
+    monkeypatch.setattr(settings, "upload_dir", str(disk.root))
+    await files.stop()
+
+    async def purged() -> bool:
+        return not await disk.holds(key)
+
+    await until(purged)  # the retry
+
+    async def done() -> bool:
+        [job] = await fetch("SELECT attempts, sent_at FROM mail WHERE kind = 'upload.purge'")
+        return job.attempts == 2 and job.sent_at is not None
+
+    await until(done)
