@@ -65,7 +65,10 @@ async def upload_file(user: UserNoDb, request: Request) -> UploadOut:
     '`If-None-Match: "<sha256>"`: 304.',
     response_class=Response,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The bytes"},
+        200: {
+            "content": {kind: {} for kind in (*sorted(INLINE), "application/octet-stream")},
+            "description": "The bytes, as the content type found in them",
+        },
         304: {"description": "Unchanged: the ETag given is the file's"},
         307: {"description": "With object storage: a signed URL of the bytes"},
     },

@@ -5034,12 +5034,16 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The bytes */
+            /** @description The bytes, as the content type found in them */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
+                    "image/gif": unknown;
+                    "image/jpeg": unknown;
+                    "image/png": unknown;
+                    "image/webp": unknown;
                     "application/octet-stream": unknown;
                 };
             };
