@@ -418,3 +418,38 @@ def count_statements() -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def listeners() -> int:
+    """The event listeners of this suite's database (one per process), whatever carries
+    the events: PostgreSQL's LISTEN, or Redis pub/sub when EVENTS_URL says so."""
+    from app.core.settings import settings
+
+    if settings.events_url:
+        import redis.asyncio as redis
+
+        async with redis.from_url(settings.events_url) as r:
+            return sum(c["name"] == "app-events" for c in await r.client_list(_type="pubsub"))
+    rows = await fetch(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = 'app-events' AND datname = current_database()"
+    )
+    return int(rows[0][0])
+
+
+async def cut_listeners() -> None:
+    """Every process's event listener loses its connection (Redis: every app's)."""
+    from app.core.settings import settings
+
+    if settings.events_url:
+        import redis.asyncio as redis
+
+        async with redis.from_url(settings.events_url) as r:
+            for c in await r.client_list():
+                if c["name"] == "app-events":
+                    await r.client_kill_filter(_id=c["id"])
+        return
+    await fetch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'app-events' AND datname = current_database()"
+    )

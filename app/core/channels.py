@@ -1,12 +1,17 @@
-"""How events travel between processes, chosen once at start-up (app.core.events.Bus):
+"""How events travel between processes, chosen once at start-up (app.core.events.Bus).
+Each sends what a transaction published right after it commits, on its connection:
 
-- PostgreSQL NOTIFY (the default): sent inside the writing transaction, delivered when it
-  commits, in commit order, to one LISTEN connection per process. No other server, but
-  NOTIFY takes a database-wide lock at commit, payloads stop at 8,000 bytes, and it cannot
-  pass a pooler in transaction mode (DATABASE_URL_DIRECT is for LISTEN).
-- Redis pub/sub (EVENTS_URL=redis://…): published right after the commit, so processes may
-  hear two commits in the other order; subscribers that care put them back in order.
-- In process (SQLite: one process): handed over after the commit.
+- PostgreSQL NOTIFY (the default), heard by one LISTEN connection per process. No other
+  server is needed. Sent after the commit, not inside the transaction: NOTIFY takes a
+  database-wide lock as its transaction commits, which would make every writing commit
+  (and the row locks they hold, a busy thread's) wait on every other. Payloads stop at
+  8,000 bytes (bigger events travel as a reference), and LISTEN cannot pass a pooler in
+  transaction mode (DATABASE_URL_DIRECT is for it).
+- Redis pub/sub (EVENTS_URL=redis://…).
+- In process (SQLite: one process).
+
+Two commits may be heard in the other order (two processes, two connections): what needs
+commit order puts events back in it (app.messenger.ordering, by each thread's version).
 
 Each listener proves itself end to end with a message to itself every second: a
 dead peer is not always reported, and through a pooler LISTEN seems to work but never
@@ -23,6 +28,7 @@ from uuid import uuid4
 import asyncpg
 import redis.asyncio as redis
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.settings import settings
@@ -40,17 +46,13 @@ Heard = Callable[[bool], None]
 class Channel:
     """In process: what one process commits, it hears."""
 
-    ordered = True  # delivered in commit order
     limit: int | None = None  # largest payload in bytes, if any
 
     def __init__(self) -> None:
         self.receive: Receive = lambda _: None
         self.task: asyncio.Task[None] | None = None
 
-    async def in_transaction(self, conn: AsyncConnection, payloads: list[str]) -> None:
-        pass
-
-    async def committed(self, payloads: list[str]) -> None:
+    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
         for payload in payloads:
             self.receive(payload)
 
@@ -70,11 +72,14 @@ class Channel:
 class Notify(Channel):
     limit = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 
-    async def in_transaction(self, conn: AsyncConnection, payloads: list[str]) -> None:
-        await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
-
-    async def committed(self, payloads: list[str]) -> None:
-        pass  # PostgreSQL delivers them as the transaction commits
+    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
+        try:
+            await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
+            if conn.in_transaction():  # behind a pooler reads are transactions too
+                await conn.commit()
+        except DBAPIError as exc:
+            # Committed but not told: the version gap shows, and the changes feed fills it.
+            log.warning("events not sent: %s", type(exc).__name__)
 
     async def listen(self, heard: Heard) -> None:
         url = make_url(settings.direct_database_url).set(drivername="postgresql")
@@ -98,21 +103,23 @@ class Notify(Channel):
 
 
 class Redis(Channel):
-    ordered = False
-
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, client_name="app-events"
+        )
+        # One Redis may serve several apps: each database's events on a channel of its own.
+        self.channel = f"{CHANNEL}:{make_url(settings.database_url).database}"
 
-    async def committed(self, payloads: list[str]) -> None:
+    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for payload in payloads:
-                    pipe.publish(CHANNEL, payload)
+                    pipe.publish(self.channel, payload)
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            # Committed but not told: other processes see the version gap and catch up
-            # through the changes feed; their caches forget within their lifetime.
+            # Committed but not told: the version gap shows, and the changes feed fills
+            # it; other processes' caches forget the user within their lifetime.
             log.warning("events not published: %r", exc)
 
     async def listen(self, heard: Heard) -> None:
@@ -120,7 +127,7 @@ class Redis(Channel):
 
         async def session() -> None:
             async with self.client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL, probe)
+                await pubsub.subscribe(self.channel, probe)
                 lost = asyncio.Event()
 
                 async def read() -> None:

@@ -129,7 +129,8 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
     finally:
         conn.info.pop("events", None)
     if events:
-        await bus.committed(events)
+        await conn.execution_options(**READ_OPTIONS)  # no BEGIN for what follows
+        await bus.committed(conn, events)
 
 
 @asynccontextmanager

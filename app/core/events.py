@@ -8,11 +8,13 @@ unless that transaction commits. Subscribers are registered where the app is ass
   connection (a deleted account leaves its threads in the same transaction);
 - `on_commit`: called in the publishing process as the transaction commits, before the
   response goes out (the caller cache forgets a user at once);
-- `on`: called in every process as the transport delivers the event, in commit order
-  (sockets are told, other processes' caches forget, mail senders wake).
+- `on`: called in every process as the channel delivers the event, right after the
+  commit (sockets are told, other processes' caches forget, mail senders wake).
 
 A channel carries events between processes (app.core.channels): PostgreSQL's NOTIFY by
-default, Redis pub/sub when EVENTS_URL says so, in process on SQLite.
+default, Redis pub/sub when EVENTS_URL says so, in process on SQLite. It sends them after
+the commit, before the response goes out; two processes' events may arrive in the other
+order than their commits (the messenger puts thread events back in version order).
 """
 
 import json
@@ -122,11 +124,6 @@ class Bus:
         self.channel: Channel = Channel()
         self.connected = False
 
-    @property
-    def ordered(self) -> bool:
-        """Whether events reach every process in commit order (else: put them in order)."""
-        return bool(self.channel.ordered)
-
     def add(self, subscription: Subscription) -> None:
         self.handlers[subscription.when][subscription.event].append(subscription.handler)
         self.kinds[subscription.event.name] = subscription.event
@@ -137,21 +134,20 @@ class Bus:
         self.kinds.clear()
 
     async def before_commit(self, conn: AsyncConnection, events: list[Event]) -> None:
-        """Run the in-transaction handlers (of what they publish too), then hand the events
-        to a channel that sends inside the transaction (NOTIFY)."""
+        """Run the in-transaction handlers, of what they publish too."""
         done = 0
         while done < len(events):
             event = events[done]
             done += 1
             for handler in self.handlers["in_transaction"].get(type(event), ()):
                 await handler(conn, event)
-        await self.channel.in_transaction(conn, [self._payload(e) for e in events])
 
-    async def committed(self, events: list[Event]) -> None:
+    async def committed(self, conn: AsyncConnection, events: list[Event]) -> None:
+        """The transaction committed on `conn`: this process's handlers, then the channel."""
         for event in events:
             for handler in self.handlers["on_commit"].get(type(event), ()):
                 handler(event)
-        await self.channel.committed([self._payload(e) for e in events])
+        await self.channel.committed(conn, [self._payload(e) for e in events])
 
     def deliver(self, event: Event) -> None:
         for handler in self.handlers["on"].get(type(event), ()):

@@ -7,13 +7,17 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Integer,
+    Select,
     String,
     any_,
     bindparam,
+    false,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 
 from app.core import limits
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound
@@ -33,11 +37,12 @@ from app.messenger.message_models import (
 )
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
-from app.messenger.threads import Threads
+from app.messenger.thread_models import Membership, Thread
+from app.messenger.threads import Threads, is_member
 from app.messenger.uploads import Uploads
 
 M = TypeVar("M", bound=MessageOut)
-messages = table(Message)
+messages, threads, memberships = table(Message), table(Thread), table(Membership)
 MINUTE = timedelta(seconds=60)
 columns = [c for c in messages.c if c.name != "deleted"]
 of_thread = messages.c.thread_id == bindparam("thread_id")
@@ -50,6 +55,64 @@ this_thread = (
     if settings.is_sqlite
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
+
+
+def send_statement() -> Select[Any]:
+    """PostgreSQL: a send's writes in one statement, one round trip under the thread's lock.
+    `locked` takes the lock of a live thread the author is a member of; `inserted` is the
+    message at the thread's next version, unless its client_id was sent before; `bumped`
+    counts that change on the thread (a repeat changes nothing, so counts nothing); `marked`
+    moves the author's read marker to it. One row: the message, or nulls for a repeat;
+    none: no such thread. (Parameters are not named after columns: in a WITH, SQLAlchemy
+    would take those for values to set.)"""
+    locked = (
+        select(threads.c.id, threads.c.version)
+        .where(
+            threads.c.id == bindparam("to_thread"),
+            live(threads),
+            is_member(bindparam("to_thread"), bindparam("by_user")),
+        )
+        .with_for_update()
+        .cte("locked")
+    )
+    at = bindparam("at", type_=UTCDateTime())
+    values = {
+        "thread_id": locked.c.id,
+        "author_id": bindparam("by_user", type_=Integer()),
+        "body": bindparam("text", type_=String()),
+        "client_id": bindparam("client", type_=String()),
+        "reply_to_id": bindparam("answers", type_=Integer()),
+        "version": locked.c.version + 1,
+        "created_at": at,
+        "updated_at": at,
+        "deleted": false(),  # inside a WITH, columns' Python-side defaults are not applied
+    }
+    inserted = (
+        postgresql.insert(messages)
+        .from_select(list(values), select(*values.values()))
+        .on_conflict_do_nothing(index_elements=["thread_id", "author_id", "client_id"])
+        .returning(*columns)
+        .cte("inserted")
+    )
+    bumped = (
+        update(threads)
+        .where(threads.c.id == inserted.c.thread_id)
+        .values(version=inserted.c.version, last_message_at=at, updated_at=at)
+        .cte("bumped")
+    )
+    marked = (
+        update(memberships)
+        .where(
+            memberships.c.thread_id == inserted.c.thread_id,
+            memberships.c.user_id == inserted.c.author_id,
+            live(memberships),
+            memberships.c.last_read_message_id < inserted.c.id,
+        )
+        .values(last_read_message_id=inserted.c.id, updated_at=at)
+        .cte("marked")
+    )
+    found = locked.outerjoin(inserted, true())
+    return select(*inserted.c).select_from(found).add_cte(bumped, marked)
 
 
 class Messages(Repository[MessageOut]):
@@ -71,6 +134,7 @@ class Messages(Repository[MessageOut]):
         .on_conflict_do_nothing(index_elements=["thread_id", "author_id", "client_id"])
         .returning(*columns)
     )
+    _send = send_statement()
     _by_client_id = select(*columns, messages.c.deleted).where(
         of_thread,
         messages.c.author_id == bindparam("author_id"),
@@ -97,35 +161,66 @@ class Messages(Repository[MessageOut]):
     async def send(
         self, thread_id: int, author_id: int, new: MessageCreate
     ) -> tuple[MessageOut, bool]:
-        """(the message, True) or, for a repeated client_id, (the original, False)."""
+        """(the message, True) or, for a repeated client_id, (the original, False).
+
+        Sends to one thread take turns on the thread's row lock, so ids and versions grow
+        in commit order (what catching up relies on). A busy thread waits on that lock and
+        nothing else, so it is held for as little as it can be: on PostgreSQL one statement
+        takes it, counts the change, inserts the message and moves the sender's read
+        marker (`_send`), and COMMIT follows; its event goes out after the commit."""
         # Counted across processes, repeats too; past the limit nothing else happens (the
         # transaction rolls back, this count with it).
         allowed = messenger_settings.messages_per_minute
         await limits.limit(self.conn, f"send:{author_id}", allowed, MINUTE)
-        now = utcnow()
-        # The thread's row lock next: sends to one thread take turns, so ids and
-        # versions grow in commit order (what catching up relies on).
-        thread = await Threads(self.conn).bump(thread_id, author_id, last_message_at=now)
-        if new.reply_to_id is not None:
-            await self._message(thread_id, new.reply_to_id, "reply_to_id")
-        mentioned = await Mentions(self.conn).allowed(thread_id, author_id, new.mention_ids)
-        params = {"thread_id": thread_id, "author_id": author_id, "client_id": new.client_id}
-        values = {"body": new.body, "reply_to_id": new.reply_to_id, "version": thread.version}
-        row = (await self.conn.execute(self._insert, {**params, **values, "now": now})).first()
+        params = {
+            "thread_id": thread_id,
+            "author_id": author_id,
+            "client_id": new.client_id,
+            "body": new.body,
+            "reply_to_id": new.reply_to_id,
+            "now": utcnow(),
+        }
+        steps = self._send_in_steps if settings.is_sqlite else self._send_at_once
+        try:
+            row = await steps(params)
+        except IntegrityError as exc:  # the only reference a client names: no such message
+            raise Invalid("reply_to_id", "No such message in this thread") from exc
         if row is None:  # sent before, or a concurrent twin won the race
             original = (await self.conn.execute(self._by_client_id, params)).one()
             if original.deleted:
                 raise Conflict("The message with this client_id was deleted")
             return (await self.filled([self.load(original)], author_id))[0], False
         message = self.load(row)
-        await Mentions(self.conn).add(message.id, mentioned)
-        message.mention_ids = mentioned
-        message.attachments = await Uploads(self.conn).attach(
-            message.id, author_id, new.attachment_ids
-        )
-        await Markers(self.conn).move_marker(thread_id, author_id, message.id)
+        # What the message names is checked now that the caller is known to be a member
+        # (a 422 rolls everything back): nothing to learn about threads one is not in.
+        if new.reply_to_id is not None:
+            await self._message(thread_id, new.reply_to_id, "reply_to_id")
+        mentions = Mentions(self.conn)
+        message.mention_ids = await mentions.allowed(thread_id, author_id, new.mention_ids)
+        await mentions.add(message.id, message.mention_ids)
+        uploads = Uploads(self.conn)
+        message.attachments = await uploads.attach(message.id, author_id, new.attachment_ids)
         changed(self.conn, "message.created", thread_id, message, message.version)
         return message, True
+
+    async def _send_in_steps(self, params: dict[str, Any]) -> Any:
+        """SQLite: one writer at a time anyway; the same steps, one statement each."""
+        thread = await Threads(self.conn).bump(
+            params["thread_id"], params["author_id"], last_message_at=params["now"]
+        )
+        row = (await self.conn.execute(self._insert, {**params, "version": thread.version})).first()
+        if row is not None:
+            await Markers(self.conn).move_marker(params["thread_id"], params["author_id"], row.id)
+        return row
+
+    async def _send_at_once(self, params: dict[str, Any]) -> Any:
+        names = {"thread_id": "to_thread", "author_id": "by_user", "body": "text"}
+        names |= {"client_id": "client", "reply_to_id": "answers", "now": "at"}
+        bound = {names[key]: value for key, value in params.items()}
+        rows = (await self.conn.execute(self._send, bound)).all()
+        if not rows:  # no live thread with the author as a member (deleted a moment ago)
+            raise NotFound("Thread not found")
+        return rows[0] if rows[0].id is not None else None
 
     async def filled(self, items: Sequence[M], user_id: int) -> list[M]:
         """`items` with their reactions (`me` for `user_id`), mentions and attachments:

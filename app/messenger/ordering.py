@@ -2,8 +2,9 @@
 two processes publish right after their commits, and the later commit may arrive first).
 
 An event whose version is not the next of its thread waits, at most HOLD_SECONDS, for the
-ones before it; then it goes out anyway: a version that never comes (lost, or a change
-that told nobody) is a gap the client fills from the changes feed."""
+ones before it; then it goes out anyway: a version that never comes (its event was lost)
+is a gap the client fills from the changes feed. One that comes after all is too late to
+be in order: `late` is told (the hub asks that thread's sockets to catch up)."""
 
 import asyncio
 from collections.abc import Callable
@@ -15,15 +16,21 @@ REMEMBERED = 100_000  # threads whose last version this process keeps
 
 
 class InOrder:
-    def __init__(self, emit: Callable[[ThreadEvent], None]) -> None:
-        self.emit = emit
+    def __init__(
+        self, emit: Callable[[ThreadEvent], None], late: Callable[[ThreadEvent], None]
+    ) -> None:
+        self.emit, self.late = emit, late
         self.last: dict[int, int] = {}  # thread -> the version last let through
         self.held: dict[int, list[ThreadEvent]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
 
     def add(self, event: ThreadEvent) -> None:
         thread, version = event.thread_id, event.version
+        if event.kind == "thread.created":  # its first version: nothing came before
+            self.last.pop(thread, None)
         last = self.last.get(thread)
+        if version is not None and last is not None and version < last:
+            return self.late(event)
         if version is None or last is None or version <= last + 1:
             # What changes no version, the first of a thread seen here, or the next one.
             self._through(event)

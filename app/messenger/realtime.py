@@ -17,6 +17,7 @@ from app.core.db import connect
 from app.core.events import Listening, UserChanged
 from app.messenger.events import ThreadEvent
 from app.messenger.messages import Messages
+from app.messenger.ordering import InOrder
 from app.messenger.settings import messenger_settings
 from app.messenger.threads import Threads
 
@@ -82,6 +83,8 @@ class Hub:
         self.threads: dict[int, set[Connection]] = defaultdict(set)
         self.loading: set[Connection] = set()
         self.incoming: asyncio.Queue[ThreadEvent] = asyncio.Queue()
+        # Events arrive as their senders' commits were told, not always in commit order.
+        self.in_order = InOrder(self.incoming.put_nowait, self.too_late)
         self.tasks: list[asyncio.Task[None]] = []
 
     def join(self, conn: Connection, thread_id: int) -> None:
@@ -130,7 +133,7 @@ class Hub:
     # What the bus hands over (subscribed in app/messenger/feature.py).
 
     def receive(self, event: ThreadEvent) -> None:
-        self.incoming.put_nowait(event)
+        self.in_order.add(event)
 
     def user_changed(self, event: UserChanged) -> None:
         """A revoked user's sockets close, or only those of the login that ended."""
@@ -138,6 +141,12 @@ class Hub:
             for conn in list(self.users.get(event.user_id, ())):
                 if event.session_id in (None, conn.session_id):
                     conn.close(CLOSE_BAD_TOKEN)
+
+    def too_late(self, event: ThreadEvent) -> None:
+        """An event came after later ones of its thread went out: its sockets catch up."""
+        log.warning("event of thread %d came too late to be in order", event.thread_id)
+        for conn in list(self.threads.get(event.thread_id, ())):
+            conn.close(CLOSE_RESTART)
 
     def listening(self, event: Listening) -> None:
         """Events may have been missed: every socket reconnects and catches up."""

@@ -213,7 +213,7 @@ class Threads(Repository[ThreadRow]):
         user is share-locked before the thread (the order a deletion takes them in); the
         partial unique index makes two racing adds one membership."""
         [user] = await self._joinable_users({user_id}, by, "user_id")
-        thread = await self.bump(thread_id, by)  # 404 for non-members, as everywhere
+        await self.bump(thread_id, by, step=0)  # 404 for non-members, as everywhere
         now = utcnow()
         stmt = (
             upsert(memberships)
@@ -224,7 +224,8 @@ class Threads(Repository[ThreadRow]):
             .returning(memberships.c.id)
         )
         added = (await self.conn.execute(stmt)).first() is not None
-        if added:
+        if added:  # a change, so a version; a repeat counts none (no gap in the versions)
+            thread = await self.bump(thread_id, by)
             changed(self.conn, "member.added", thread_id, {"user_id": user_id}, thread.version)
         return user, added
 

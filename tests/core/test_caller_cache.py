@@ -13,7 +13,7 @@ from tests.helpers import (
     PASSWORD,
     MakeUser,
     bearer,
-    fetch,
+    cut_listeners,
     login,
     me,
     pg_only,
@@ -116,10 +116,7 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
             await warm(token, a, b)
             # Both processes lose their listeners; they reconnect after a second. (Only the
             # listeners on this database: others on the server are none of this test's.)
-            await fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'app-events' AND datname = current_database()"
-            )
+            await cut_listeners()
             await asyncio.sleep(0.2)
             assert (await b.post("/api/auth/logout", headers=bearer(token))).status_code == 204
             assert await me(a, token) == 401  # before either listener is back

@@ -12,7 +12,16 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import API8, clean_env, fetch, login, pg_only, serve, serve_suite_db, signup
+from tests.helpers import (
+    API8,
+    clean_env,
+    listeners,
+    login,
+    pg_only,
+    serve,
+    serve_suite_db,
+    signup,
+)
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -74,10 +83,9 @@ async def test_two_workers_listen_and_share_login_limits(tmp_path: Path) -> None
         async with httpx.AsyncClient(base_url=base) as http:
             assert (await signup(http, "ada@w.example")).status_code == 201
         # One listener per worker process, besides this test process's own.
-        listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'app-events' AND datname = current_database()"
         deadline = time.monotonic() + 10
-        while (await fetch(listeners))[0][0] < 3:
-            assert time.monotonic() < deadline, await fetch(listeners)
+        while await listeners() < 3:
+            assert time.monotonic() < deadline, await listeners()
             await asyncio.sleep(0.1)
 
         async def guess() -> int:

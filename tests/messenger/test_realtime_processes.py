@@ -19,7 +19,8 @@ from tests.helpers import (
     assert_silent,
     bearer,
     close_code,
-    fetch,
+    cut_listeners,
+    listeners,
     next_event,
     pg_only,
     serve_suite_db,
@@ -150,19 +151,11 @@ async def test_listener_reconnects_and_sockets_are_told(
     thread_id = await new_thread(a, b)
     async with b.listen(servers[0]) as ws:
         await ready(ws)
-        # This database's listeners only: other suites may share the PostgreSQL server.
-        await fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'app-events' AND datname = current_database()"
-        )
+        await cut_listeners()
         # It may have missed events: it is closed with 1012 so the client catches up.
         assert await close_code(ws, timeout=10) == 1012
     for _ in range(50):  # both processes listen again within a few seconds
-        rows = await fetch(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'app-events' AND datname = current_database()"
-        )
-        if rows[0][0] >= 2:
+        if await listeners() >= 2:
             break
         await asyncio.sleep(0.2)
     async with b.listen(servers[0]) as ws:
@@ -193,3 +186,37 @@ async def test_two_workers_share_events(tmp_path: Path) -> None:
             await ada.http.aclose()
             await bob.http.aclose()
     assert sorted(e["data"]["body"] for e in got) == sorted(f"m{n}" for n in range(10))
+
+
+async def test_a_listener_cut_mid_traffic_costs_nothing_the_changes_feed_cannot_fill(
+    servers: list[str], peers: list[Peer]
+) -> None:
+    """Sends go on in one process while the other's listener is cut: its socket is told to
+    catch up (1012), it listens again, and the versions it missed come from the feed."""
+    a, b, *_ = peers
+    thread_id = await new_thread(a, b)
+    seen = 0
+    async with b.listen(servers[1]) as ws:
+        await ready(ws)
+        for n in range(3):
+            await a.send(thread_id, f"before {n}")
+        while seen < 3:  # each event carries the thread's version after it
+            event = await next_event(ws)
+            seen = event.get("version", seen)
+        sending = asyncio.gather(*(a.send(thread_id, f"during {n}") for n in range(20)))
+        await cut_listeners()
+        assert await close_code(ws, timeout=10) == 1012
+        sent = await sending
+    for _ in range(50):
+        if await listeners() >= 2:
+            break
+        await asyncio.sleep(0.2)
+    async with b.listen(servers[1]) as ws:
+        await ready(ws)
+        after = await a.send(thread_id, "after")
+        event = await next_event(ws)
+        assert event["data"] == after  # heard again, live
+    changes = (await b.http.get(f"/api/threads/{thread_id}/changes", params={"since": seen})).json()
+    bodies = [m["body"] for m in changes["items"]]
+    assert {m["body"] for m in sent} <= set(bodies) and bodies[-1] == "after"
+    assert changes["version"] == event["version"]
