@@ -2,11 +2,24 @@
 no validation library), served by uvicorn as `python -m app` is.
 
 Per request it does what the app must do, and nothing more: verify the HS256 bearer token
-(signature, alg, exp, type; stdlib hmac instead of python-jose), load the user row and check
-is_active, token_version and the "regular" scope (app/security.py), run the app's own SQL
-(below) on prepared statements, and answer the same JSON, reactions included. It loads the
-user row on every request: the app remembers it per process (app.tokens.Callers, kept
-right by LISTEN), which a plain asyncpg app does not have. What it leaves out: bench/README.md.
+(signature, alg, exp, type; stdlib hmac instead of python-jose), load the caller's row and
+check token_version and the "regular" scope (app/core/deps.py, Bearer), run the app's own
+SQL (below) on prepared statements, one round trip each and in the app's order, and answer
+the same JSON. A page: the thread (membership), the messages, then their reactions,
+mentions and attachments, one statement each even when they find nothing. A send, in one
+transaction: the sender's send count (the rate limit), the thread's row lock and version,
+the message, the sender's read marker, and a NOTIFY of the `message.created` event in the
+app's wire format.
+
+It loads the caller's row on every request: the app remembers it per process
+(app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
+not. It leaves out what the bench's requests never make the app do: BEGIN/COMMIT around
+reads (the app reads in autocommit too); a send's reply, mention and attachment checks and
+the writes of its mentions and attachments (no reply_to_id, mention_ids or attachment_ids
+are sent, and the app runs no statement for them then); the re-read of a message whose
+client_id was sent before (no client_id is sent); the Retry-After header of a 429 (the
+bench's limit is never reached); the asyncpg pool's reset query. Its pool is the app's
+size; its NOTIFY goes to a channel of its own.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB PORT=8081 .venv/bin/python bench/ceiling.py
 """
@@ -18,7 +31,7 @@ import hmac
 import json
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,23 +41,28 @@ import uvicorn
 SECRET = os.environ.get("SECRET_KEY", "dev-secret-key-change-me").encode()
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DSN = DSN.replace("postgresql+asyncpg://", "postgresql://")
-# The app's pool (app/settings.py), from the same settings.
+# The app's pool (app/core/settings.py) and send limit (app/messenger/settings.py), from
+# the same settings.
 POOL_SIZE = int(os.environ.get("DB_POOL_SIZE", "20")) + int(os.environ.get("DB_MAX_OVERFLOW", "0"))
+MESSAGES_PER_MINUTE = int(os.environ.get("MESSAGES_PER_MINUTE", "120"))
 # Not the app's channel: the app, idle beside the ceiling during a run, must not get (and
 # spend its core on) the ceiling's events.
 CHANNEL = "bench_ceiling_events"
+MINUTE = timedelta(seconds=60)  # the send limit's window
 
 # ---------------------------------------------------------------------------------------
-# THE APP'S STATEMENTS, as SQLAlchemy renders them (its "::INTEGER" casts left out). When
-# app/ changes what it sends (a column, a join, a version counter), change them here: the
-# ceiling must keep doing what the app must do, no less.
+# THE APP'S STATEMENTS, as SQLAlchemy renders them (its "::INTEGER" casts, and literals it
+# sends as parameters, left out). When app/ changes what it sends (a column, a join, a
+# statement more), change them here: the ceiling must keep doing what the app must do, no
+# less. To see what it sends: tests/helpers.py count_statements around a request.
 # ---------------------------------------------------------------------------------------
-USER_SQL = (  # current_user: the user the token names, and its login (auth_session) live
+USER_SQL = (  # the caller (Users._for_token): no password hash or TOTP secret; login live
     'SELECT "user".id, "user".created_at, "user".updated_at, "user".deleted, "user".email, '
-    '"user".full_name, "user".hashed_password, "user".scopes, "user".is_active, '
-    '"user".email_verified, "user".token_version FROM "user" JOIN auth_session ON '
-    'auth_session.user_id = "user".id WHERE "user".id = $1 AND auth_session.id = $2 AND '
-    '"user".deleted = false AND auth_session.deleted = false AND "user".is_active = true'
+    '"user".full_name, "user".scopes, "user".is_active, "user".email_verified, '
+    '"user".pending_email, "user".token_version, "user".two_factor_enabled FROM "user" '
+    'JOIN auth_session ON auth_session.user_id = "user".id WHERE "user".id = $1 '
+    'AND auth_session.id = $2 AND "user".deleted = false AND auth_session.deleted = false '
+    'AND "user".is_active = true'
 )
 THREAD_COLUMNS = (
     "thread.id, thread.created_at, thread.updated_at, thread.title, thread.owner_id, "
@@ -55,10 +73,14 @@ MEMBER_THREAD_SQL = (  # MemberThread: the thread, if the user is a member
     "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = thread.id "
     "AND membership.user_id = $2 AND membership.deleted = false))"
 )
-THREADS_SQL = (  # GET /api/threads: a page, with unread counts
+THREADS_SQL = (  # GET /api/threads: a page, with its unread messages and unread mentions
     f"SELECT {THREAD_COLUMNS}, (SELECT count(*) AS count_1 FROM message "
     "WHERE message.thread_id = thread.id AND message.id > membership.last_read_message_id "
     "AND message.author_id != membership.user_id AND message.deleted = false) AS unread_count, "
+    "(SELECT count(*) AS count_2 FROM mention JOIN message ON message.id = mention.message_id "
+    "WHERE mention.user_id = membership.user_id AND mention.message_id > "
+    "membership.last_read_message_id AND message.thread_id = thread.id "
+    "AND message.deleted = false) AS unread_mention_count, "
     "coalesce(thread.last_message_at, thread.created_at) AS activity "
     "FROM thread JOIN membership ON membership.thread_id = thread.id "
     "WHERE membership.user_id = $1 AND membership.deleted = false AND thread.deleted = false "
@@ -73,7 +95,8 @@ MEMBERS_SQL = (  # ... and their members
 )
 MESSAGE_COLUMNS = (
     "message.id, message.created_at, message.updated_at, message.thread_id, "
-    "message.author_id, message.body, message.client_id, message.edited_at, message.version"
+    "message.author_id, message.body, message.client_id, message.edited_at, message.version, "
+    "message.reply_to_id"
 )
 NEWEST_SQL = (  # GET .../messages: the newest page, on the (thread_id, id) index
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
@@ -84,14 +107,31 @@ BEFORE_SQL = (  # GET .../messages?before=: an older page
     "AND message.deleted = false AND message.id < $2 "
     "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
 )
-REACTIONS_SQL = (  # ... and the page's reactions, one row per emoji of each message
+REACTIONS_SQL = (  # ... the page's reactions, one row per emoji of each message
     "SELECT reaction.message_id, reaction.emoji, count(*) AS uses, max(CASE WHEN "
     "(reaction.user_id = $1::INTEGER) THEN 1 ELSE 0 END) AS me FROM reaction "
     "WHERE reaction.message_id = ANY ($2::INTEGER[]) GROUP BY reaction.message_id, "
     "reaction.emoji ORDER BY reaction.message_id, min(reaction.id)"
 )
-# POST .../messages, in one transaction: the thread row first (lock, membership check and
-# version in one statement, as in the app), the message, the sender's read marker, the event.
+MENTIONS_SQL = (  # ... its mentions (Mentions.of)
+    "SELECT mention.message_id, mention.user_id FROM mention "
+    "WHERE mention.message_id = ANY ($1::INTEGER[]) ORDER BY mention.message_id, mention.user_id"
+)
+ATTACHMENTS_SQL = (  # ... and its attachments (Uploads.of)
+    "SELECT upload.message_id, upload.id, upload.filename, upload.content_type, upload.size, "
+    "upload.sha256, upload.created_at FROM upload WHERE upload.message_id = ANY "
+    "($1::INTEGER[]) AND upload.deleted = false ORDER BY upload.message_id, upload.position"
+)
+# POST .../messages (Messages.send), in one transaction: the sender's send count first
+# (limits.limit), then the thread's row (lock, membership check and version in one
+# statement), the message, the sender's read marker, the event.
+LIMIT_SQL = (  # counts and answers in one statement; a window that has passed restarts at 1
+    "INSERT INTO login_counter (key, count, window_start) VALUES ($1, 1, $2) "
+    "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN (login_counter.window_start <= $3) "
+    "THEN 1 ELSE login_counter.count + 1 END, window_start = CASE WHEN "
+    "(login_counter.window_start <= $3) THEN $2 ELSE login_counter.window_start END "
+    "RETURNING login_counter.count, login_counter.window_start"
+)
 BUMP_SQL = (
     "UPDATE thread SET updated_at=$1, last_message_at=$2, version=(thread.version + 1) "
     "WHERE thread.id = $3 AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
@@ -100,13 +140,14 @@ BUMP_SQL = (
 )
 INSERT_MESSAGE_SQL = (
     "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, body, "
-    "client_id, version) VALUES ($1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (thread_id, "
-    f"author_id, client_id) DO NOTHING RETURNING {MESSAGE_COLUMNS}"
+    "client_id, version, reply_to_id) VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8) "
+    "ON CONFLICT (thread_id, author_id, client_id) DO NOTHING "
+    f"RETURNING {MESSAGE_COLUMNS}"
 )
 READ_MARKER_SQL = (
     "UPDATE membership SET updated_at=$1, last_read_message_id=$2 "
     "WHERE membership.thread_id = $3 AND membership.user_id = $4 "
-    "AND membership.deleted = false AND membership.last_read_message_id < $5"
+    "AND membership.deleted = false AND membership.last_read_message_id < $2"
 )
 NOTIFY_SQL = "SELECT pg_notify($1, p) FROM unnest(CAST($2 AS text[])) AS p"
 # ---------------------------------------------------------------------------------------
@@ -156,7 +197,7 @@ def claims_of(scope: dict[str, Any]) -> dict[str, Any]:
 
 
 async def current_user(con: Any, claims: dict[str, Any]) -> Any:
-    """The live user the token speaks for, holding the "regular" scope: get_current_user."""
+    """The live user the token speaks for, holding the "regular" scope (deps.Bearer)."""
     user = await con.fetchrow(USER_SQL, claims["sub"], claims["sid"])
     if user is None or user["token_version"] != claims["ver"]:
         raise HTTPError(401, "Could not validate credentials")
@@ -170,7 +211,8 @@ def message_out(m: Any) -> dict[str, Any]:
         "id": m["id"], "created_at": iso(m["created_at"]), "updated_at": iso(m["updated_at"]),
         "thread_id": m["thread_id"], "author_id": m["author_id"],
         "body": m["body"], "client_id": m["client_id"], "edited_at": iso(m["edited_at"]),
-        "version": m["version"], "reactions": [],
+        "version": m["version"], "reply_to_id": m["reply_to_id"], "reactions": [],
+        "mention_ids": [], "attachments": [],
     }  # fmt: skip
 
 
@@ -195,6 +237,7 @@ async def users_me(scope: dict[str, Any]) -> tuple[int, Any]:
         "id": u["id"], "created_at": iso(u["created_at"]), "updated_at": iso(u["updated_at"]),
         "email": u["email"], "full_name": u["full_name"], "scopes": json.loads(u["scopes"]),
         "is_active": u["is_active"], "email_verified": u["email_verified"],
+        "pending_email": u["pending_email"], "two_factor_enabled": u["two_factor_enabled"],
     }  # fmt: skip
 
 
@@ -213,7 +256,7 @@ async def list_threads(scope: dict[str, Any]) -> tuple[int, Any]:
         {"id": t["id"], "created_at": iso(t["created_at"]), "updated_at": iso(t["updated_at"]),
          "title": t["title"], "owner_id": t["owner_id"], "members": members[t["id"]],
          "last_message_at": iso(t["last_message_at"]), "version": t["version"],
-         "unread_count": t["unread_count"]}
+         "unread_count": t["unread_count"], "unread_mention_count": t["unread_mention_count"]}
         for t in page
     ]  # fmt: skip
     cursor = None
@@ -237,12 +280,23 @@ async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any
         else:
             rows = await con.fetch(BEFORE_SQL, thread["id"], before, limit + 1)
         page = [message_out(m) for m in rows[:limit][::-1]]
-        found = await con.fetch(REACTIONS_SQL, user["id"], [m["id"] for m in page])
+        ids = [m["id"] for m in page]
+        # The app fills in a page's extras with one statement each (Messages.filled).
+        reactions = await con.fetch(REACTIONS_SQL, user["id"], ids) if ids else []
+        mentions = await con.fetch(MENTIONS_SQL, ids) if ids else []
+        attachments = await con.fetch(ATTACHMENTS_SQL, ids) if ids else []
     by_id = {m["id"]: m for m in page}
-    for r in found:
+    for r in reactions:
         by_id[r["message_id"]]["reactions"].append(
             {"emoji": r["emoji"], "count": r["uses"], "me": bool(r["me"])}
         )
+    for r in mentions:
+        by_id[r["message_id"]]["mention_ids"].append(r["user_id"])
+    for r in attachments:
+        by_id[r["message_id"]]["attachments"].append(
+            {"id": r["id"], "filename": r["filename"], "content_type": r["content_type"],
+             "size": r["size"], "sha256": r["sha256"], "created_at": iso(r["created_at"])}
+        )  # fmt: skip
     return 200, {"items": page, "has_more": len(rows) > limit}
 
 
@@ -255,20 +309,28 @@ async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tu
         raise HTTPError(422, "body: a string is required") from None
     if not 1 <= len(text) <= 4000 or data.get("client_id") is not None:
         raise HTTPError(422, "body: 1 to 4000 characters, and no client_id in the bench")
-    async with pool.acquire() as con, con.transaction():
-        user = await current_user(con, claims)
-        now = datetime.now(UTC)
-        thread = await con.fetchrow(BUMP_SQL, now, now, thread_id, user["id"])
-        if thread is None:
-            raise HTTPError(404, "Thread not found")
-        row = await con.fetchrow(
-            INSERT_MESSAGE_SQL, now, False, thread_id, user["id"], text, None, thread["version"]
-        )
-        await con.execute(READ_MARKER_SQL, now, row["id"], thread_id, user["id"], row["id"])
-        out = message_out(row)
-        event = {"type": "message.created", "thread_id": thread_id, "data": out}
-        event["version"] = thread["version"]
-        await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
+    async with pool.acquire() as con:
+        user = await current_user(con, claims)  # as in the app: before the transaction
+        async with con.transaction():
+            now = datetime.now(UTC)
+            # Counted first, repeats too; past the limit the transaction rolls back.
+            sent = await con.fetchrow(LIMIT_SQL, f"send:{user['id']}", now, now - MINUTE)
+            if sent["count"] > MESSAGES_PER_MINUTE:
+                raise HTTPError(429, "Too many requests; try again later")
+            # Then the thread's row lock: sends to one thread take turns from here on.
+            thread = await con.fetchrow(BUMP_SQL, now, now, thread_id, user["id"])
+            if thread is None:
+                raise HTTPError(404, "Thread not found")
+            row = await con.fetchrow(
+                INSERT_MESSAGE_SQL, now, False, thread_id, user["id"], text, None,
+                thread["version"], None,
+            )  # fmt: skip
+            await con.execute(READ_MARKER_SQL, now, row["id"], thread_id, user["id"])
+            out = message_out(row)
+            # Event.wire of a ThreadEvent (app/core/events.py, app/messenger/events.py).
+            event = {"type": "thread", "kind": "message.created", "thread_id": thread_id,
+                     "data": out, "version": row["version"], "skip": []}  # fmt: skip
+            await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
     return 201, out
 
 
