@@ -7,9 +7,9 @@ check token_version and the "regular" scope (app/core/deps.py, Bearer), run the 
 SQL (below) on prepared statements, one round trip each and in the app's order, and answer
 the same JSON. A page: the thread (membership), the messages, then their reactions,
 mentions and attachments, one statement each even when they find nothing. A send, in one
-transaction: the sender's send count (the rate limit), the thread's row lock and version,
-the message, the sender's read marker, and a NOTIFY of the `message.created` event in the
-app's wire format.
+transaction: the sender's send count (the rate limit), then one statement for the thread's
+row lock and version, the message and the sender's read marker; after the COMMIT, a NOTIFY
+of the `message.created` event in the app's wire format.
 
 It loads the caller's row on every request: the app remembers it per process
 (app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
@@ -123,8 +123,9 @@ ATTACHMENTS_SQL = (  # ... and its attachments (Uploads.of)
     "($1::INTEGER[]) AND upload.deleted = false ORDER BY upload.message_id, upload.position"
 )
 # POST .../messages (Messages.send), in one transaction: the sender's send count first
-# (limits.limit), then the thread's row (lock, membership check and version in one
-# statement), the message, the sender's read marker, the event.
+# (limits.limit), then one statement (Messages.send_statement) that takes the thread's row
+# lock (checking membership), inserts the message at the next version, counts it on the
+# thread and moves the sender's read marker; COMMIT; then the event's NOTIFY.
 LIMIT_SQL = (  # counts and answers in one statement; a window that has passed restarts at 1
     "INSERT INTO login_counter (key, count, window_start) VALUES ($1, 1, $2) "
     "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN (login_counter.window_start <= $3) "
@@ -132,22 +133,26 @@ LIMIT_SQL = (  # counts and answers in one statement; a window that has passed r
     "(login_counter.window_start <= $3) THEN $2 ELSE login_counter.window_start END "
     "RETURNING login_counter.count, login_counter.window_start"
 )
-BUMP_SQL = (
-    "UPDATE thread SET updated_at=$1, last_message_at=$2, version=(thread.version + 1) "
-    "WHERE thread.id = $3 AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
-    "WHERE membership.thread_id = $3 AND membership.user_id = $4 AND membership.deleted = "
-    f"false)) RETURNING {THREAD_COLUMNS}"
-)
-INSERT_MESSAGE_SQL = (
-    "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, body, "
-    "client_id, version, reply_to_id) VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8) "
+SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thread
+    "WITH locked AS (SELECT thread.id AS id, thread.version AS version FROM thread "
+    "WHERE thread.id = $6 AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
+    "WHERE membership.thread_id = $6 AND membership.user_id = $2 "
+    "AND membership.deleted = false)) FOR UPDATE), "
+    "inserted AS (INSERT INTO message (thread_id, author_id, body, client_id, reply_to_id, "
+    "version, created_at, updated_at, deleted) SELECT locked.id AS id, $2 AS anon_1, "
+    "$3::VARCHAR AS anon_2, $4::VARCHAR AS anon_3, $5::INTEGER AS anon_4, "
+    "locked.version + 1 AS anon_5, $1 AS anon_6, $1 AS anon__1, false AS anon_7 FROM locked "
     "ON CONFLICT (thread_id, author_id, client_id) DO NOTHING "
-    f"RETURNING {MESSAGE_COLUMNS}"
-)
-READ_MARKER_SQL = (
-    "UPDATE membership SET updated_at=$1, last_read_message_id=$2 "
-    "WHERE membership.thread_id = $3 AND membership.user_id = $4 "
-    "AND membership.deleted = false AND membership.last_read_message_id < $2"
+    f"RETURNING {MESSAGE_COLUMNS}), "
+    "bumped AS (UPDATE thread SET updated_at=$1, last_message_at=$1, version=inserted.version "
+    "FROM inserted WHERE thread.id = inserted.thread_id), "
+    "marked AS (UPDATE membership SET updated_at=$1, last_read_message_id=inserted.id "
+    "FROM inserted WHERE membership.thread_id = inserted.thread_id "
+    "AND membership.user_id = inserted.author_id AND membership.deleted = false "
+    "AND membership.last_read_message_id < inserted.id) "
+    "SELECT inserted.id, inserted.created_at, inserted.updated_at, inserted.thread_id, "
+    "inserted.author_id, inserted.body, inserted.client_id, inserted.edited_at, "
+    "inserted.version, inserted.reply_to_id FROM locked LEFT OUTER JOIN inserted ON true"
 )
 NOTIFY_SQL = "SELECT pg_notify($1, p) FROM unnest(CAST($2 AS text[])) AS p"
 # ---------------------------------------------------------------------------------------
@@ -317,20 +322,16 @@ async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tu
             sent = await con.fetchrow(LIMIT_SQL, f"send:{user['id']}", now, now - MINUTE)
             if sent["count"] > MESSAGES_PER_MINUTE:
                 raise HTTPError(429, "Too many requests; try again later")
-            # Then the thread's row lock: sends to one thread take turns from here on.
-            thread = await con.fetchrow(BUMP_SQL, now, now, thread_id, user["id"])
-            if thread is None:
+            # Sends to one thread take turns on its row lock, from here to the COMMIT.
+            row = await con.fetchrow(SEND_SQL, now, user["id"], text, None, None, thread_id)
+            if row is None:
                 raise HTTPError(404, "Thread not found")
-            row = await con.fetchrow(
-                INSERT_MESSAGE_SQL, now, False, thread_id, user["id"], text, None,
-                thread["version"], None,
-            )  # fmt: skip
-            await con.execute(READ_MARKER_SQL, now, row["id"], thread_id, user["id"])
-            out = message_out(row)
-            # Event.wire of a ThreadEvent (app/core/events.py, app/messenger/events.py).
-            event = {"type": "thread", "kind": "message.created", "thread_id": thread_id,
-                     "data": out, "version": row["version"], "skip": []}  # fmt: skip
-            await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
+        out = message_out(row)
+        # Event.wire of a ThreadEvent (app/core/events.py, app/messenger/events.py), sent
+        # after the commit as the app's channel does (app/core/channels.py, Notify).
+        event = {"type": "thread", "kind": "message.created", "thread_id": thread_id,
+                 "data": out, "version": row["version"], "skip": []}  # fmt: skip
+        await con.execute(NOTIFY_SQL, CHANNEL, [json.dumps(event, separators=(",", ":"))])
     return 201, out
 
 

@@ -7,13 +7,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Integer,
-    Select,
     String,
     any_,
     bindparam,
-    false,
     select,
-    true,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -35,10 +32,11 @@ from app.messenger.message_models import (
     MessageOut,
     MessagePage,
 )
+from app.messenger.message_send import send_statement
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
-from app.messenger.threads import Threads, is_member
+from app.messenger.threads import Threads
 from app.messenger.uploads import Uploads
 
 M = TypeVar("M", bound=MessageOut)
@@ -55,64 +53,6 @@ this_thread = (
     if settings.is_sqlite
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
-
-
-def send_statement() -> Select[Any]:
-    """PostgreSQL: a send's writes in one statement, one round trip under the thread's lock.
-    `locked` takes the lock of a live thread the author is a member of; `inserted` is the
-    message at the thread's next version, unless its client_id was sent before; `bumped`
-    counts that change on the thread (a repeat changes nothing, so counts nothing); `marked`
-    moves the author's read marker to it. One row: the message, or nulls for a repeat;
-    none: no such thread. (Parameters are not named after columns: in a WITH, SQLAlchemy
-    would take those for values to set.)"""
-    locked = (
-        select(threads.c.id, threads.c.version)
-        .where(
-            threads.c.id == bindparam("to_thread"),
-            live(threads),
-            is_member(bindparam("to_thread"), bindparam("by_user")),
-        )
-        .with_for_update()
-        .cte("locked")
-    )
-    at = bindparam("at", type_=UTCDateTime())
-    values = {
-        "thread_id": locked.c.id,
-        "author_id": bindparam("by_user", type_=Integer()),
-        "body": bindparam("text", type_=String()),
-        "client_id": bindparam("client", type_=String()),
-        "reply_to_id": bindparam("answers", type_=Integer()),
-        "version": locked.c.version + 1,
-        "created_at": at,
-        "updated_at": at,
-        "deleted": false(),  # inside a WITH, columns' Python-side defaults are not applied
-    }
-    inserted = (
-        postgresql.insert(messages)
-        .from_select(list(values), select(*values.values()))
-        .on_conflict_do_nothing(index_elements=["thread_id", "author_id", "client_id"])
-        .returning(*columns)
-        .cte("inserted")
-    )
-    bumped = (
-        update(threads)
-        .where(threads.c.id == inserted.c.thread_id)
-        .values(version=inserted.c.version, last_message_at=at, updated_at=at)
-        .cte("bumped")
-    )
-    marked = (
-        update(memberships)
-        .where(
-            memberships.c.thread_id == inserted.c.thread_id,
-            memberships.c.user_id == inserted.c.author_id,
-            live(memberships),
-            memberships.c.last_read_message_id < inserted.c.id,
-        )
-        .values(last_read_message_id=inserted.c.id, updated_at=at)
-        .cte("marked")
-    )
-    found = locked.outerjoin(inserted, true())
-    return select(*inserted.c).select_from(found).add_cte(bumped, marked)
 
 
 class Messages(Repository[MessageOut]):

@@ -1,0 +1,73 @@
+"""A send's writes on PostgreSQL as one statement (app.messenger.messages.Messages.send)."""
+
+from typing import Any
+
+from sqlalchemy import Integer, Select, String, bindparam, false, select, true, update
+from sqlalchemy.dialects import postgresql
+
+from app.core.models import UTCDateTime, table
+from app.core.repository import live
+from app.messenger.message_models import Message
+from app.messenger.thread_models import Membership, Thread
+from app.messenger.threads import is_member
+
+messages, threads, memberships = table(Message), table(Thread), table(Membership)
+columns = [c for c in messages.c if c.name != "deleted"]
+
+
+def send_statement() -> Select[Any]:
+    """PostgreSQL: a send's writes in one statement, one round trip under the thread's lock.
+    `locked` takes the lock of a live thread the author is a member of; `inserted` is the
+    message at the thread's next version, unless its client_id was sent before; `bumped`
+    counts that change on the thread (a repeat changes nothing, so counts nothing); `marked`
+    moves the author's read marker to it. One row: the message, or nulls for a repeat;
+    none: no such thread. (Parameters are not named after columns: in a WITH, SQLAlchemy
+    would take those for values to set.)"""
+    locked = (
+        select(threads.c.id, threads.c.version)
+        .where(
+            threads.c.id == bindparam("to_thread"),
+            live(threads),
+            is_member(bindparam("to_thread"), bindparam("by_user")),
+        )
+        .with_for_update()
+        .cte("locked")
+    )
+    at = bindparam("at", type_=UTCDateTime())
+    values = {
+        "thread_id": locked.c.id,
+        "author_id": bindparam("by_user", type_=Integer()),
+        "body": bindparam("text", type_=String()),
+        "client_id": bindparam("client", type_=String()),
+        "reply_to_id": bindparam("answers", type_=Integer()),
+        "version": locked.c.version + 1,
+        "created_at": at,
+        "updated_at": at,
+        "deleted": false(),  # inside a WITH, columns' Python-side defaults are not applied
+    }
+    inserted = (
+        postgresql.insert(messages)
+        .from_select(list(values), select(*values.values()))
+        .on_conflict_do_nothing(index_elements=["thread_id", "author_id", "client_id"])
+        .returning(*columns)
+        .cte("inserted")
+    )
+    bumped = (
+        update(threads)
+        .where(threads.c.id == inserted.c.thread_id)
+        .values(version=inserted.c.version, last_message_at=at, updated_at=at)
+        .cte("bumped")
+    )
+    marked = (
+        update(memberships)
+        .where(
+            memberships.c.thread_id == inserted.c.thread_id,
+            memberships.c.user_id == inserted.c.author_id,
+            live(memberships),
+            memberships.c.last_read_message_id < inserted.c.id,
+        )
+        .values(last_read_message_id=inserted.c.id, updated_at=at)
+        .cte("marked")
+    )
+    found = locked.outerjoin(inserted, true())
+    return select(*inserted.c).select_from(found).add_cte(bumped, marked)
