@@ -6,10 +6,11 @@ Per request it does what the app must do, and nothing more: verify the HS256 bea
 check token_version and the "regular" scope (app/core/deps.py, Bearer), run the app's own
 SQL (below) on prepared statements, one round trip each and in the app's order, and answer
 the same JSON. A page: the thread (membership), the messages, then their reactions,
-mentions and attachments, one statement each even when they find nothing. A send, in one
-transaction: the sender's send count (the rate limit), then one statement for the thread's
-row lock and version, the message and the sender's read marker; after the COMMIT, a NOTIFY
-of the `message.created` event in the app's wire format.
+mentions and attachments, one statement each even when they find nothing. A send (a plain
+message, as the bench's are): the sender's send count (the rate limit), then one statement
+for the thread's row lock and version, the message and the sender's read marker, each
+committed as it runs; then a NOTIFY of the `message.created` event in the app's wire
+format.
 
 It loads the caller's row on every request: the app remembers it per process
 (app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
@@ -122,10 +123,11 @@ ATTACHMENTS_SQL = (  # ... and its attachments (Uploads.of)
     "upload.sha256, upload.created_at FROM upload WHERE upload.message_id = ANY "
     "($1::INTEGER[]) AND upload.deleted = false ORDER BY upload.message_id, upload.position"
 )
-# POST .../messages (Messages.send), in one transaction: the sender's send count first
-# (limits.limit), then one statement (Messages.send_statement) that takes the thread's row
-# lock (checking membership), inserts the message at the next version, counts it on the
-# thread and moves the sender's read marker; COMMIT; then the event's NOTIFY.
+# POST .../messages (Messages.send, a plain message): the sender's send count first
+# (limits.limit), then one statement (message_send.send_statement) that takes the thread's
+# row lock (checking membership), inserts the message at the next version, counts it on
+# the thread and moves the sender's read marker, each committed as it runs; then the
+# event's NOTIFY.
 LIMIT_SQL = (  # counts and answers in one statement; a window that has passed restarts at 1
     "INSERT INTO login_counter (key, count, window_start) VALUES ($1, 1, $2) "
     "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN (login_counter.window_start <= $3) "
@@ -315,17 +317,17 @@ async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tu
     if not 1 <= len(text) <= 4000 or data.get("client_id") is not None:
         raise HTTPError(422, "body: 1 to 4000 characters, and no client_id in the bench")
     async with pool.acquire() as con:
-        user = await current_user(con, claims)  # as in the app: before the transaction
-        async with con.transaction():
-            now = datetime.now(UTC)
-            # Counted first, repeats too; past the limit the transaction rolls back.
-            sent = await con.fetchrow(LIMIT_SQL, f"send:{user['id']}", now, now - MINUTE)
-            if sent["count"] > MESSAGES_PER_MINUTE:
-                raise HTTPError(429, "Too many requests; try again later")
-            # Sends to one thread take turns on its row lock, from here to the COMMIT.
-            row = await con.fetchrow(SEND_SQL, now, user["id"], text, None, None, thread_id)
-            if row is None:
-                raise HTTPError(404, "Thread not found")
+        user = await current_user(con, claims)
+        now = datetime.now(UTC)
+        # Each statement commits as it runs (no BEGIN/COMMIT), as the app's plain send.
+        # Counted first, repeats too; past the limit nothing else happens.
+        sent = await con.fetchrow(LIMIT_SQL, f"send:{user['id']}", now, now - MINUTE)
+        if sent["count"] > MESSAGES_PER_MINUTE:
+            raise HTTPError(429, "Too many requests; try again later")
+        # Sends to one thread take turns on its row lock, for this statement.
+        row = await con.fetchrow(SEND_SQL, now, user["id"], text, None, None, thread_id)
+        if row is None:
+            raise HTTPError(404, "Thread not found")
         out = message_out(row)
         # Event.wire of a ThreadEvent (app/core/events.py, app/messenger/events.py), sent
         # after the commit as the app's channel does (app/core/channels.py, Notify).

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 import asyncpg  # noqa: E402
 from jose import jwt  # noqa: E402
 from seed import BIG_THREAD_ID, RARE_WORD, Rows, seed  # noqa: E402
+from spy import recording  # noqa: E402
 
 from tests.helpers import PASSWORD, Server, start  # noqa: E402
 
@@ -63,10 +64,10 @@ HOT_TARGET = max(2 * HOT_BEFORE, 521.0)
 # many req/s (the ceiling runs beside it for comparison); None: the app only, no target.
 SCENARIOS: dict[str, tuple[str, float | None]] = {
     "users_me": ("GET /api/users/me", 0.70),
-    "threads": ("GET /api/threads", 0.70),
-    "newest": ("GET /api/threads/{id}/messages (newest page)", 0.70),
-    "deep": ("GET /api/threads/{id}/messages?before= (deep)", 0.70),
-    "post": ("POST /api/threads/{id}/messages (spread: 2,000 thread/member pairs)", 0.60),
+    "threads": ("GET /api/threads", 0.55),
+    "newest": ("GET /api/threads/{id}/messages (newest page)", 0.55),
+    "deep": ("GET /api/threads/{id}/messages?before= (deep)", 0.55),
+    "post": ("POST /api/threads/{id}/messages (spread: 2,000 thread/member pairs)", 0.55),
     "post_hot": ("POST /api/threads/{id}/messages (hot: all to 1 thread, 50 senders)", HOT_TARGET),
     "token": ("POST /api/auth/token (argon2)", None),
     # Full-text search as a member of one thread, and of the most threads anyone is in.
@@ -424,7 +425,13 @@ class Bench:
         for n in range(runs):
             for key in list(servers)[:: -1 if n % 2 else 1]:
                 db = key if key in self.files else ""
-                r = self.run(servers[key], name, connections or self.a.connections, n == 0, db)
+                profile = self.a.profile and key == "app" and n == 0 and not what
+                with (
+                    recording(servers[key].proc.pid, self.a.profile / f"{name}.txt", WRK_CPU)
+                    if profile
+                    else nullcontext()
+                ):
+                    r = self.run(servers[key], name, connections or self.a.connections, n == 0, db)
                 out[key].append(r)
                 log(f"{what}run {n + 1}/{runs} {name:9} {key:8} {line(r)}")
         return {key: median(v) for key, v in out.items()}
@@ -589,6 +596,11 @@ def parse_args() -> argparse.Namespace:
     # measured by today's harness (`git worktree add /tmp/before <commit>`).
     p.add_argument("--snapshot", action="store_true", help="serve a copy of the code made first")
     p.add_argument("--tree", type=Path, help="serve the app (its alembic too) from this checkout")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the app's first run of each scenario into this directory",
+    )
     a = p.parse_args()
     a.scenarios = [s for s in SCENARIOS if s in a.scenarios.split(",")]
     a.checks = [c for c in CHECKS if c in a.checks.split(",")]

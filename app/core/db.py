@@ -73,6 +73,9 @@ WRITE_OPTIONS: dict[str, Any] = (
     {"read_only": False} if settings.is_sqlite else {"isolation_level": "READ COMMITTED"}
 )
 _reader = engine.execution_options(**READ_OPTIONS)
+# Where a read connection commits each statement as it runs: a write that is one statement
+# needs no transaction there (publish_committed sends its events).
+EACH_STATEMENT_COMMITS = READ_OPTIONS.get("isolation_level") == "AUTOCOMMIT"
 
 
 class Turns:
@@ -131,6 +134,12 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
     if events:
         await conn.execution_options(**READ_OPTIONS)  # no BEGIN for what follows
         await bus.committed(conn, events)
+
+
+async def publish_committed(conn: AsyncConnection, *events: Event) -> None:
+    """The events of one statement that committed as it ran (EACH_STATEMENT_COMMITS):
+    this process's handlers, then the channel, as `transaction` does after its commit."""
+    await bus.committed(conn, list(events))
 
 
 @asynccontextmanager

@@ -33,6 +33,23 @@ class ThreadEvent(Event):
         return replace(self, data={"id": self.data["id"], "ref": True})
 
 
+def thread_event(
+    kind: str,
+    thread_id: int,
+    data: BaseModel | dict[str, Any],
+    version: int | None = None,
+    skip: tuple[int, ...] = (),
+) -> ThreadEvent:
+    """A change of a thread, as every reader may see it."""
+    if isinstance(data, ThreadOut):  # counts differ per reader: they come from REST
+        data = data.model_copy(update={"unread_count": 0, "unread_mention_count": 0})
+    elif isinstance(data, MessageOut):  # so does each reaction's `me`
+        reactions = [r.model_copy(update={"me": False}) for r in data.reactions]
+        data = data.model_copy(update={"reactions": reactions})
+    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+    return ThreadEvent(kind, thread_id, payload, version, skip)
+
+
 def changed(
     conn: AsyncConnection,
     kind: str,
@@ -42,10 +59,4 @@ def changed(
     skip: tuple[int, ...] = (),
 ) -> None:
     """Publish a change of a thread on the transaction; sent only if it commits."""
-    if isinstance(data, ThreadOut):  # counts differ per reader: they come from REST
-        data = data.model_copy(update={"unread_count": 0, "unread_mention_count": 0})
-    elif isinstance(data, MessageOut):  # so does each reaction's `me`
-        reactions = [r.model_copy(update={"me": False}) for r in data.reactions]
-        data = data.model_copy(update={"reactions": reactions})
-    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    publish(conn, ThreadEvent(kind, thread_id, payload, version, skip))
+    publish(conn, thread_event(kind, thread_id, data, version, skip))

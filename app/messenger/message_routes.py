@@ -54,7 +54,7 @@ mentions = APIRouter(
     },
 )
 async def send_message(
-    user: CurrentUser, db: WriteDb, thread_id: Id, body: MessageCreate, response: Response
+    user: CurrentUser, db: ReadDb, thread_id: Id, body: MessageCreate, response: Response
 ) -> MessageOut:
     message, created = await Messages(db).send(thread_id, user.id, body)
     if not created:

@@ -17,11 +17,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from app.core import limits
+from app.core.db import EACH_STATEMENT_COMMITS, publish_committed, transaction
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound
 from app.core.models import UTCDateTime, table, utcnow
 from app.core.repository import Repository, live, upsert
 from app.core.settings import settings
-from app.messenger.events import changed
+from app.messenger.events import changed, thread_event
 from app.messenger.markers import Markers
 from app.messenger.mentions import Mentions
 from app.messenger.message_models import (
@@ -58,7 +59,7 @@ this_thread = (
 class Messages(Repository[MessageOut]):
     table, row = messages, MessageOut
 
-    _insert = (
+    _insert_row = (
         upsert(messages)
         .values(
             thread_id=bindparam("thread_id"),
@@ -107,9 +108,29 @@ class Messages(Repository[MessageOut]):
         in commit order (what catching up relies on). A busy thread waits on that lock and
         nothing else, so it is held for as little as it can be: on PostgreSQL one statement
         takes it, counts the change, inserts the message and moves the sender's read
-        marker (`_send`), and COMMIT follows; its event goes out after the commit."""
-        # Counted across processes, repeats too; past the limit nothing else happens (the
-        # transaction rolls back, this count with it).
+        marker (`_send`). A plain message (no reply, mention or attachment: most of them)
+        is that one statement, committed as it runs: the lock is let go then, not a round
+        trip later at COMMIT, which is what lets a busy thread take twice the sends. What
+        names other rows is checked after the insert, in a transaction, so that a 422
+        leaves nothing behind. Either way the event goes out after the commit."""
+        plain = new.reply_to_id is None and not new.mention_ids and not new.attachment_ids
+        if plain and EACH_STATEMENT_COMMITS:
+            message, fresh = await self._insert(thread_id, author_id, new)
+            if fresh:
+                event = thread_event("message.created", thread_id, message, message.version)
+                await publish_committed(self.conn, event)
+            return message, fresh
+        async with transaction(self.conn):
+            message, fresh = await self._insert(thread_id, author_id, new)
+            if fresh:
+                await self._add_what_it_names(message, new)
+                changed(self.conn, "message.created", thread_id, message, message.version)
+            return message, fresh
+
+    async def _insert(
+        self, thread_id: int, author_id: int, new: MessageCreate
+    ) -> tuple[MessageOut, bool]:
+        # Counted across processes, repeats too; past the limit nothing else happens.
         allowed = messenger_settings.messages_per_minute
         await limits.limit(self.conn, f"send:{author_id}", allowed, MINUTE)
         params = {
@@ -130,25 +151,29 @@ class Messages(Repository[MessageOut]):
             if original.deleted:
                 raise Conflict("The message with this client_id was deleted")
             return (await self.filled([self.load(original)], author_id))[0], False
-        message = self.load(row)
-        # What the message names is checked now that the caller is known to be a member
-        # (a 422 rolls everything back): nothing to learn about threads one is not in.
+        return self.load(row), True
+
+    async def _add_what_it_names(self, message: MessageOut, new: MessageCreate) -> None:
+        """Checked now that the caller is known to be a member (a 422 rolls everything
+        back): nothing to learn about threads one is not in."""
         if new.reply_to_id is not None:
-            await self._message(thread_id, new.reply_to_id, "reply_to_id")
+            await self._message(message.thread_id, new.reply_to_id, "reply_to_id")
         mentions = Mentions(self.conn)
-        message.mention_ids = await mentions.allowed(thread_id, author_id, new.mention_ids)
-        await mentions.add(message.id, message.mention_ids)
+        allowed = await mentions.allowed(message.thread_id, message.author_id, new.mention_ids)
+        await mentions.add(message.id, allowed)
         uploads = Uploads(self.conn)
-        message.attachments = await uploads.attach(message.id, author_id, new.attachment_ids)
-        changed(self.conn, "message.created", thread_id, message, message.version)
-        return message, True
+        message.mention_ids = allowed
+        message.attachments = await uploads.attach(
+            message.id, message.author_id, new.attachment_ids
+        )
 
     async def _send_in_steps(self, params: dict[str, Any]) -> Any:
         """SQLite: one writer at a time anyway; the same steps, one statement each."""
         thread = await Threads(self.conn).bump(
             params["thread_id"], params["author_id"], last_message_at=params["now"]
         )
-        row = (await self.conn.execute(self._insert, {**params, "version": thread.version})).first()
+        params = {**params, "version": thread.version}
+        row = (await self.conn.execute(self._insert_row, params)).first()
         if row is not None:
             await Markers(self.conn).move_marker(params["thread_id"], params["author_id"], row.id)
         return row
