@@ -2,6 +2,7 @@
 refuses, and its worker processes."""
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from app.core.settings import settings
 from tests.helpers import (
     API8,
+    ROOT,
     clean_env,
     listeners,
     login,
@@ -63,6 +65,24 @@ def test_production_refuses_a_sample_or_short_secret_key(tmp_path: Path, key: st
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Refusing to start"), lines
     assert "SECRET_KEY" in lines[0], lines
+
+
+@API8
+def test_the_image_runs_in_production_where_the_sample_settings_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A bare `docker run` must not sign tokens with a published key: the image's last
+    stage sets production, and .env.sample copied as is does not start there."""
+    runtime = (ROOT / "Dockerfile").read_text().rpartition("\nFROM ")[2]
+    assert re.search(r"^\s*ENVIRONMENT=production\b", runtime, re.MULTILINE), runtime
+    sample = (ROOT / ".env.sample").read_text()
+    (tmp_path / ".env").write_text(sample.replace("ENVIRONMENT=development", ""))
+    env = clean_env(ENVIRONMENT="production")
+    env.pop("SECRET_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, timeout=30
+    )
+    assert proc.returncode != 0 and "SECRET_KEY" in proc.stderr.decode(), proc.stderr
 
 
 def test_production_starts_with_a_real_key(tmp_path: Path) -> None:
