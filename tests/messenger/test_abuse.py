@@ -4,10 +4,12 @@ sockets that send, a stolen login's socket, values past the columns, costly sear
 import asyncio
 import json
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy.pool import QueuePool
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -82,8 +84,9 @@ async def test_a_socket_that_sends_more_than_4_kib_is_closed_unread(tmp_path: Pa
 
         async def bomb(ws: ClientConnection) -> int | None:
             with pytest.raises(ConnectionClosed):  # the server goes away mid-send
-                await ws.send("x" * 16 * 1024 * 1024)
-                await ws.recv()
+                async with asyncio.timeout(10):  # or reads it all and stays: TimeoutError
+                    await ws.send("x" * 16 * 1024 * 1024)
+                    await ws.recv()
             return ws.close_code
 
         codes = await asyncio.gather(*(bomb(ws) for ws in sockets))
@@ -179,11 +182,19 @@ async def test_a_search_past_its_time_limit_is_503(
         await other.exec_driver_sql("BEGIN")
         await other.exec_driver_sql("LOCK TABLE message IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
-        r = await client.get("/api/messages/search", params=search, headers=user.headers)
+        waiting = client.get("/api/messages/search", params=search, headers=user.headers)
+        r = await asyncio.wait_for(waiting, 5)  # without a limit it waits for the lock
         assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
         assert time.monotonic() - started < 2
         await other.exec_driver_sql("ROLLBACK")
     # The connection went back to the pool without the limit.
+    async with AsyncExitStack() as stack:
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, QueuePool)
+        # Every idle connection, the searcher's among them.
+        idle = [await stack.enter_async_context(engine.connect()) for _ in range(pool.checkedin())]
+        limits = [(await c.exec_driver_sql("SHOW statement_timeout")).scalar() for c in idle]
+    assert set(limits) == {"0"}, limits
     monkeypatch.setattr(messenger_settings, "search_seconds", 2.0)
     assert (
         await client.get("/api/messages/search", params=search, headers=user.headers)
