@@ -1,6 +1,6 @@
 """The app, assembled from its features: each hands over its routes, what it subscribes to,
 its background jobs, and what runs at start and stop. To remove the messenger example,
-delete app/messenger/ and its line in FEATURES."""
+delete app/messenger/, its import and its entry in FEATURES (README: "Delete the messenger")."""
 
 import asyncio
 import gc

@@ -12,6 +12,7 @@ import email.policy
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def copy_tracked(dest: Path, leave_out: Sequence[str] = ()) -> None:
+    """The repository's tracked files, as they are on disk, into `dest`; paths starting with
+    one of `leave_out` stay behind."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if name.startswith(tuple(leave_out)) or not source.is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / name)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The messenger, as the app is assembled from it. To remove the example, delete
-app/messenger/ and its entry in app/main.py."""
+app/messenger/ and its two lines in app/main.py (its import, its entry in FEATURES)."""
 
 from app.core.events import Listening, UserChanged, UserDeleted, in_transaction, on
 from app.core.feature import Feature

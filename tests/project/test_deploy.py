@@ -47,9 +47,11 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def compose_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without COMPOSE_* overrides, plus `extra`."""
+    """The caller's environment without COMPOSE_* overrides or the variables compose.yaml
+    reads for the app, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     env.pop("SECRET_KEY", None)
+    env.pop("EVENTS_URL", None)
     env.update(extra)
     return env
 
@@ -130,6 +132,50 @@ def test_production_secret_key_has_no_default(compose: dict[str, Any], service: 
     assert key not in SAMPLE_KEYS
     # Only a required interpolation, `${SECRET_KEY:?...}` or `${SECRET_KEY?...}`, never a default.
     assert re.fullmatch(r"\$\{SECRET_KEY:?\?.*\}", key), f"SECRET_KEY has a default: {key!r}"
+
+
+def resolved_services(tmp_path: Path, *args: str, **env: str) -> dict[str, Any]:
+    """The services `docker-compose config` resolves (with `args`, such as a profile), from a
+    copy in an empty directory: a developer's .env cannot change the outcome."""
+    (tmp_path / "compose.yaml").write_text(COMPOSE_FILE.read_text())
+    result = run(
+        [tool("docker-compose"), "-f", "compose.yaml", *args, "config", "--format", "json"],
+        cwd=tmp_path,
+        env=compose_env(SECRET_KEY="a-real-secret-for-the-test", **env),
+    )
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_redis_is_optional_behind_its_profile(compose: dict[str, Any], tmp_path: Path) -> None:
+    profiled = {name for name, service in compose["services"].items() if "profiles" in service}
+    assert profiled == {"redis"} and compose["services"]["redis"]["profiles"] == ["redis"]
+    default = resolved_services(tmp_path)
+    assert set(default) == {"db", "migrate", "app"}
+    assert not default["app"]["environment"].get("EVENTS_URL"), "events by NOTIFY by default"
+
+
+def test_the_redis_profile_switches_the_app_to_redis(tmp_path: Path) -> None:
+    services = resolved_services(tmp_path, "--profile", "redis", EVENTS_URL="redis://redis:6379/0")
+    assert services["redis"]["image"].startswith("redis:")
+    assert services["app"]["environment"]["EVENTS_URL"] == "redis://redis:6379/0"
+    assert services["app"]["depends_on"]["redis"] == {
+        "condition": "service_healthy",
+        "required": False,  # so the default `docker compose up` starts without it
+    }
+
+
+@pytest.mark.parametrize(
+    ("events_url", "channel"), [("", "Notify"), ("redis://redis:6379/0", "Redis")]
+)
+def test_the_apps_channel_as_compose_sets_it(events_url: str, channel: str) -> None:
+    # compose passes EVENTS_URL through as `${EVENTS_URL:-}`: empty must mean NOTIFY.
+    code = "from app.core.channels import choose; print(type(choose()).__name__)"
+    env = {**os.environ, "DATABASE_URL": "postgresql://app:app@db:5432/app"}
+    result = run([sys.executable, "-c", code], cwd=ROOT, env={**env, "EVENTS_URL": events_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == channel
 
 
 # --- Dockerfile ------------------------------------------------------------------------------

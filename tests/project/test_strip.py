@@ -4,7 +4,6 @@ whole product deleted), `python -m app` serves and the tests of the core pass, o
 when the suite runs on PostgreSQL, on a new PostgreSQL database."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import ROOT, clean_env, pg_only, scratch_postgres, start
+from tests.helpers import ROOT, clean_env, copy_tracked, pg_only, scratch_postgres, start
 
 # Inside the copy there is no messenger to take away (and this file is not there either).
 pytestmark = pytest.mark.skipif(
@@ -28,15 +27,7 @@ EXAMPLE_PATHS = ("/api/threads", "/api/messages", "/api/ws")
 def stripped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repository's tracked files, without the messenger."""
     copy = tmp_path_factory.mktemp("stripped")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if name.startswith(DELETED) or not source.is_file():
-            continue
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, copy / name)
+    copy_tracked(copy, leave_out=DELETED)
     main = copy / "app" / "main.py"
     text, imports = re.subn(r"^from app\.messenger\b.*\n", "", main.read_text(), flags=re.M)
     text, entries = re.subn(r"^(FEATURES\b.*\[.*?),\s*messenger\b", r"\1", text, flags=re.M)
