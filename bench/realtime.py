@@ -121,6 +121,7 @@ async def run(a: argparse.Namespace, url: str, tag: str, tmp: Path) -> int:
     env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(48)}
     env.update(ENVIRONMENT="development", ACCESS_TOKEN_EXPIRE_MINUTES="600", **ARGON2)
     env.update(MESSAGES_PER_MINUTE="1000000")  # a few posters send far past a user's rate
+    env.update(SIGNUPS_PER_ADDRESS_PER_HOUR="1000000")  # all 1,004 sign up from 127.0.0.1
     sockets, clients = Sockets(), []
     try:
         with ExitStack() as stack:
@@ -226,6 +227,8 @@ async def run(a: argparse.Namespace, url: str, tag: str, tmp: Path) -> int:
     server_cpu = " + ".join(f"{(b - c) / wall:.0%}" for c, b in zip(cpu0[0], cpu1[0], strict=True))
     print(f"\ncommand:    {' '.join(sys.argv)}")
     print(f"sockets:    {a.sockets} ({n_threads} threads x {MEMBERS}), {a.processes} processes")
+    events = env.get("EVENTS_URL")  # app.core.channels: Redis when set, else NOTIFY
+    print(f"events:     {f'Redis pub/sub ({events})' if events else 'PostgreSQL NOTIFY'}")
     print(f"rate:       {rate:.1f} msg/s achieved (target {a.rate:g}), {wall:.1f} s wall")
     print(f"messages:   {total} sent, {len(ok)} accepted, failed: {dict(failures) or 'none'}")
     print(f"deliveries: {expected} expected, {len(latencies)} received, lost {lost}")

@@ -395,12 +395,22 @@ def line(r: Run) -> str:
 
 
 @contextmanager
-def serving(kind: str, db: str, cwd: Path, workdir: Path) -> Iterator[Server]:
-    """Our app (`python -m app`) or the ceiling, pinned to the server cpu."""
+def serving(
+    kind: str,
+    db: str,
+    cwd: Path,
+    workdir: Path,
+    *,
+    cpus: str = SERVER_CPU,
+    env: dict[str, str] | None = None,
+    label: str = "",
+) -> Iterator[Server]:
+    """Our app (`python -m app`) or the ceiling, pinned to `cpus` (the server cpu), with
+    `env` (app_env(db)); `label` tells the log files of servers on one database apart."""
     target = ["-m", "app"] if kind == "app" else [str(BENCH / "ceiling.py")]
-    argv = ["taskset", "-c", SERVER_CPU, PY, *target]  # taskset execs it: the same pid
-    log_file = workdir / f"{kind}-{db}.log"
-    with start(cwd, app_env(db), argv=argv, log=log_file, timeout=60) as server:
+    argv = ["taskset", "-c", cpus, PY, *target]  # taskset execs it: the same pid
+    log_file = workdir / f"{kind}{label}-{db}.log"
+    with start(cwd, env or app_env(db), argv=argv, log=log_file, timeout=60) as server:
         BENCH_PIDS.add(server.proc.pid)
         yield server
 
