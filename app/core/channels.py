@@ -20,6 +20,7 @@ something may have been."""
 
 import asyncio
 import logging
+from collections import defaultdict, deque
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -38,6 +39,8 @@ CHANNEL = "app_events"
 # A probe each second; one that does not come back within ECHO_SECONDS means the listener
 # is lost (under load an echo can take a while: a false alarm closes every socket).
 PROBE_SECONDS, ECHO_SECONDS = 1.0, 5.0
+# How long a publisher waits to hear an event back before it answers anyway.
+HEARD_SECONDS = 2.0
 NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 Receive = Callable[[str], None]
 Heard = Callable[[bool], None]
@@ -51,10 +54,38 @@ class Channel:
     def __init__(self) -> None:
         self.receive: Receive = lambda _: None
         self.task: asyncio.Task[None] | None = None
+        self.echoes: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
 
-    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
+    async def committed(
+        self, conn: AsyncConnection, payloads: list[str], until_heard: list[str] | None = None
+    ) -> None:
+        """Send `payloads`; return once those in `until_heard` came back to this process too.
+        Every listener is sent an event at once, so by then each other process has it
+        waiting to be read before any request that the answer could lead to: a token
+        revoked here is refused there on the very next request."""
+        loop = asyncio.get_running_loop()
+        waits = [loop.create_future() for _ in until_heard or ()]
+        for payload, wait in zip(until_heard or (), waits, strict=True):
+            self.echoes[payload].append(wait)
+        try:
+            await self.send(conn, payloads)
+            if waits:
+                await asyncio.wait(waits, timeout=HEARD_SECONDS)
+        finally:  # not heard in time, or the request went away
+            for payload, wait in zip(until_heard or (), waits, strict=True):
+                if wait in (queue := self.echoes[payload]):
+                    queue.remove(wait)
+                if not queue:
+                    del self.echoes[payload]
+
+    def arrived(self, payload: str) -> None:
+        if queue := self.echoes.get(payload):
+            queue.popleft().set_result(None)
+        self.receive(payload)
+
+    async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         for payload in payloads:
-            self.receive(payload)
+            self.arrived(payload)
 
     async def listen(self, heard: Heard) -> None:
         heard(True)
@@ -72,7 +103,7 @@ class Channel:
 class Notify(Channel):
     limit = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
 
-    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
+    async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
             await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
             if conn.in_transaction():  # behind a pooler reads are transactions too
@@ -93,7 +124,7 @@ class Notify(Channel):
             lost = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _: lost.set())
-                await conn.add_listener(CHANNEL, lambda *args: self.receive(args[3]))
+                await conn.add_listener(CHANNEL, lambda *args: self.arrived(args[3]))
                 await conn.add_listener(probe, lambda *_: echo.set())
                 await keep_proving(lambda: conn.execute(f"NOTIFY {probe}"), echo, lost, heard)
             finally:
@@ -111,7 +142,7 @@ class Redis(Channel):
         # One Redis may serve several apps: each database's events on a channel of its own.
         self.channel = f"{CHANNEL}:{make_url(settings.database_url).database}"
 
-    async def committed(self, conn: AsyncConnection, payloads: list[str]) -> None:
+    async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for payload in payloads:
@@ -138,7 +169,7 @@ class Redis(Channel):
                             if message["channel"] == probe.encode():
                                 echo.set()
                             else:
-                                self.receive(message["data"].decode())
+                                self.arrived(message["data"].decode())
                     finally:
                         lost.set()
 

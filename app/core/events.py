@@ -35,6 +35,9 @@ class Event:
     """Base of every event: a frozen dataclass whose `name` says how it travels."""
 
     name: ClassVar[str]
+    # The publisher answers only once its own process heard the event back (see
+    # Channel.committed): for what another process must know before the next request.
+    heard_before_answer: ClassVar[bool] = False
 
     def wire(self) -> dict[str, Any]:
         return {"type": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
@@ -54,6 +57,7 @@ class UserChanged(Event):
     those of login `session_id`)."""
 
     name = "user.changed"
+    heard_before_answer = True  # a revoked token must not work elsewhere a moment later
     user_id: int
     revoked: bool = False
     session_id: int | None = None
@@ -147,7 +151,9 @@ class Bus:
         for event in events:
             for handler in self.handlers["on_commit"].get(type(event), ()):
                 handler(event)
-        await self.channel.committed(conn, [self._payload(e) for e in events])
+        payloads = [self._payload(e) for e in events]
+        heard = [p for p, e in zip(payloads, events, strict=True) if e.heard_before_answer]
+        await self.channel.committed(conn, payloads, heard if self.connected else None)
 
     def deliver(self, event: Event) -> None:
         for handler in self.handlers["on"].get(type(event), ()):

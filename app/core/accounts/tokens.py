@@ -87,7 +87,7 @@ class Callers:
     """Who an access token speaks for, remembered per process, so most requests spend no
     round trip on it. Every change the app makes to a user or its logins publishes
     `UserChanged`: this process forgets the user as the change commits, other processes as
-    the event reaches them; while this process's event transport is away, nothing is
+    the event reaches them, which is before the change is answered; while this process's event transport is away, nothing is
     remembered (`listening`). A change made outside the app (raw SQL) is seen within
     CACHE_SECONDS."""
 
