@@ -86,10 +86,10 @@ class Caller(UserPrivate):
 class Callers:
     """Who an access token speaks for, remembered per process, so most requests spend no
     round trip on it. Every change the app makes to a user or its logins publishes
-    `UserChanged`: this process forgets the user as the change commits, other processes as
-    the event reaches them, which is before the change is answered; while this process's event transport is away, nothing is
-    remembered (`listening`). A change made outside the app (raw SQL) is seen within
-    CACHE_SECONDS."""
+    `UserChanged`: this process forgets the user as the change commits, other processes
+    as the event reaches them, before the change is answered. While this process's event
+    transport is away, nothing is remembered (`listening`). A change made outside the
+    app (raw SQL) is seen within CACHE_SECONDS."""
 
     CACHE_SECONDS, SIZE = 60.0, 10_000
 
