@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -169,6 +170,33 @@ async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[Non
     finally:
         if not local:
             await conn.execute(_NO_TIME_LIMIT)
+
+
+async def refuse_a_hidden_pooler() -> None:
+    """Start-up: refuse a DATABASE_URL that is a pooler's when DATABASE_URL_DIRECT is unset.
+    Taken for PostgreSQL, a pooler in transaction mode fails at random (a statement
+    prepared on one server connection runs on another: 500s) and LISTEN through it hears
+    nothing. It gives itself away: the backend it announces at connect is not the one that
+    answers (it lends many). A database that is away is not checked: health says so."""
+    if settings.is_sqlite or settings.behind_pooler:
+        return
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            announced = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
+            try:
+                answering = await conn.scalar(text("SELECT pg_backend_pid()"))
+            except DBAPIError as exc:  # its prepared statement went to another backend
+                if "prepared statement" not in str(exc):
+                    raise
+                answering = None
+    except (OSError, DBAPIError):
+        return
+    if answering != announced:
+        raise RuntimeError(
+            "DATABASE_URL reaches PostgreSQL through a pooler (its backend ids do not match): "
+            "set DATABASE_URL_DIRECT to PostgreSQL itself (deploy/README.md)"
+        )
 
 
 def migrate_to_head() -> None:

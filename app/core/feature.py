@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core import health, limits
+from app.core.db import refuse_a_hidden_pooler
 from app.core.events import Listening, MailQueued, Subscription, on
 from app.core.jobs import Chore, Job, Template, runner
 from app.core.settings import settings
@@ -44,5 +45,6 @@ core = Feature(
     routers=[health.router],
     subscriptions=[on(MailQueued, runner.wake), on(Listening, runner.wake)],
     chores=[prune_counters],
+    startup=[refuse_a_hidden_pooler],
     services=[files, runner],  # stopped in reverse: no job uses storage once it is closed
 )

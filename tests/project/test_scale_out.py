@@ -26,9 +26,19 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from app.core.settings import settings
-from tests.helpers import PASSWORD, ROOT, close_code, free_port, next_event, serve
+from tests.helpers import (
+    APP,
+    PASSWORD,
+    ROOT,
+    clean_env,
+    close_code,
+    free_port,
+    next_event,
+    serve,
+)
 
 DEPLOY = ROOT / "deploy"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -65,6 +75,36 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
+def start_nginx(stack: ExitStack, folder: Path, apps: list[str]) -> str:
+    """nginx from deploy/nginx.conf, its files in `folder`, in front of the two `apps`
+    (host:port), until `stack` closes: its base URL."""
+    folder.mkdir()
+    port = free_port()
+    render(
+        "nginx.conf",
+        folder / "nginx.conf",
+        LISTEN=f"127.0.0.1:{port}",
+        APP_1=apps[0],
+        APP_2=apps[1],
+        RUN=str(folder),
+    )
+    # -e: the error log before the configuration is read, else the system's is tried.
+    command = [str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf")]
+    command += ["-e", str(folder / "error.log"), "-g", "daemon off;"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    stack.callback(proc.wait, 10)
+    stack.callback(proc.terminate)
+    wait_for_port(port, proc, folder / "error.log")
+    return f"http://127.0.0.1:{port}"
+
+
+def shared_folder(prefix: str) -> Path:
+    """A folder nginx's workers can read (pytest's tmp_path is its owner's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
 @dataclass
 class Stack:
     base: str  # nginx
@@ -82,8 +122,7 @@ class Stack:
 def stack() -> Iterator[Stack]:
     # Our own folder, readable by nginx's workers and owned by the postgres user when we
     # are root: PgBouncer refuses to run as root.
-    run = Path(tempfile.mkdtemp(prefix="fab-scale-out-"))
-    run.chmod(0o755)
+    run = shared_folder("fab-scale-out-")
     as_root = os.geteuid() == 0
     pgb = run / "pgbouncer"
     pgb.mkdir()
@@ -129,26 +168,8 @@ def stack() -> Iterator[Stack]:
             )
             apps.append(base.removeprefix("http://"))
 
-        ngx = run / "nginx"
-        ngx.mkdir()
-        port = free_port()
-        render(
-            "nginx.conf",
-            ngx / "nginx.conf",
-            LISTEN=f"127.0.0.1:{port}",
-            APP_1=apps[0],
-            APP_2=apps[1],
-            RUN=str(ngx),
-        )
-        # -e: the error log before the configuration is read, else the system's is tried.
-        command = [str(NGINX), "-p", str(ngx), "-c", str(ngx / "nginx.conf")]
-        command += ["-e", str(ngx / "error.log"), "-g", "daemon off;"]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        stack.callback(proc.wait, 10)
-        stack.callback(proc.terminate)
-        wait_for_port(port, proc, ngx / "error.log")
-
-        yield Stack(f"http://127.0.0.1:{port}", pooled_url, ngx / "access.log", apps)
+        base = start_nginx(stack, run / "nginx", apps)
+        yield Stack(base, pooled_url, run / "nginx" / "access.log", apps)
     shutil.rmtree(run, ignore_errors=True)
 
 
@@ -262,3 +283,42 @@ async def test_an_idempotent_send_through_both_processes_at_once(
     assert set(stack.served_by("POST", path)) == set(stack.apps)
     r = await http.get(path, headers=ada["headers"])
     assert [m["body"] for m in r.json()["items"]] == ["once"]
+
+
+async def test_the_largest_upload_passes_nginx(stack: Stack, http: httpx.AsyncClient) -> None:
+    ada = await user(http)
+    largest = os.urandom(settings.max_upload_bytes)
+    for data, expected in ((largest, 201), (largest + b"!", 413)):
+        files = {"file": ("big.bin", data)}
+        r = await http.post("/api/uploads", files=files, headers=ada["headers"])
+        assert r.status_code == expected, r.text
+
+
+async def test_no_socket_token_is_logged_while_the_apps_are_away() -> None:
+    """nginx's error lines quote the request line, which for a socket holds its token."""
+    folder = shared_folder("fab-nginx-")
+    secret = uuid4().hex
+    try:
+        with ExitStack() as stack:
+            away = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+            base = start_nginx(stack, folder / "nginx", away)
+            url = base.replace("http", "ws", 1) + f"/api/ws?token={secret}"
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url):
+                    pass
+            assert refused.value.response.status_code == 502
+        logs = "".join((folder / "nginx" / log).read_text() for log in ("access.log", "error.log"))
+        assert '"GET /api/ws" 502' in logs
+        assert secret not in logs
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_pooler_is_refused_without_a_direct_url(stack: Stack, tmp_path: Path) -> None:
+    """Taken for PostgreSQL, PgBouncer would fail some statements at random and LISTEN
+    through it would hear nothing: the process refuses to start instead."""
+    env = clean_env(DATABASE_URL=stack.pooled_url, PORT=str(free_port()))
+    env.pop("DATABASE_URL_DIRECT", None)
+    done = subprocess.run(APP, cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert done.returncode != 0
+    assert b"through a pooler" in done.stdout + done.stderr, done.stderr.decode()[-2000:]
