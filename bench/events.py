@@ -33,13 +33,12 @@ from typing import Any
 import asyncpg
 import redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (
+from harness import (
     BENCH_COMMS,
-    FULL,
     OUT,
     PG,
-    QUICK,
     ROOT,
     WRK_CPU,
     Run,
@@ -56,11 +55,11 @@ from run import (
     others,
     parse,
     password_hash,
-    request_files,
     serving,
     table,
     wrk,
 )
+from scenarios import FULL, QUICK, request_files
 from seed import seed
 
 from tests.helpers import Server

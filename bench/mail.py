@@ -23,8 +23,9 @@ from typing import Any
 import asyncpg
 from aiosmtpd.controller import Controller
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import database
+from harness import database
 
 from tests.helpers import free_port, serve
 

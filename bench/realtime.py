@@ -31,8 +31,9 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import cpu_ticks, database, machine, memory_mib
+from harness import cpu_ticks, database, machine, memory_mib
 
 from tests.helpers import User, new_thread, send, sign_up, start, ws_url
 
