@@ -16,16 +16,13 @@ PostgreSQL's NOTIFY lock meanwhile. The last results and what they mean: bench/R
 import argparse
 import asyncio
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +53,11 @@ from harness import (
     parse,
     password_hash,
     serving,
+    settle,
     table,
     wrk,
 )
+from notify_lock import SAMPLE_SECONDS, alone_table, lock_share, notify_lock, postgres_alone
 from scenarios import FULL, QUICK, request_files
 from seed import seed
 
@@ -70,23 +69,6 @@ SCENARIOS = {"post": "post (spread)", "post_hot": "post_hot (1 thread)"}
 # PostgreSQL, Redis, wrk) use both cores.
 LAYOUTS = "1@0,2@0,1@0-1,2@0-1"
 BENCH_COMMS.add("redis-server")  # its cpu is the transport's cost, not another's load
-# PostgreSQL's NOTIFY lock: a notifying transaction takes it as it commits and keeps it
-# until the commit is done, WAL flush included if it wrote anything (PreCommit_Notify in
-# src/backend/commands/async.c); one for the whole cluster: notifying commits go one at a
-# time.
-NOTIFY_LOCK = (
-    "SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted) FROM pg_locks"
-    " WHERE locktype = 'object' AND database = 0 AND classid = 'pg_database'::regclass"
-    " AND objid = 0"
-)
-SAMPLE_SECONDS = 0.05
-ROW = "INSERT INTO bench_sink (body) VALUES (repeat('x', 300));\n"
-EVENT = "SELECT pg_notify('bench_events', repeat('x', 300));\n"  # the size of a send's event
-PGBENCH = {
-    "INSERT, no event": ROW,
-    "INSERT, then NOTIFY in its own transaction (as the app)": ROW + EVENT,
-    "INSERT and NOTIFY in one transaction": f"BEGIN;\n{ROW}{EVENT}COMMIT;\n",
-}
 
 
 @dataclass
@@ -119,45 +101,14 @@ def shifted(file: Path, n: int) -> list[Path]:
     return paths
 
 
-@contextmanager
-def notify_lock(samples: list[tuple[int, int]], db: str = "") -> Iterator[None]:
-    """(held, waiting) of the NOTIFY lock every SAMPLE_SECONDS meanwhile, into `samples`;
-    with `db`, a connection there LISTENs to pgbench's events too (as an app process would)."""
-    stop = threading.Event()
-
-    async def sample() -> None:
-        conn = await asyncpg.connect(f"{PG}/{db or 'postgres'}")
-        try:
-            if db:
-                await conn.add_listener("bench_events", lambda *_: None)
-            while not stop.is_set():
-                held, waiting = await conn.fetchrow(NOTIFY_LOCK)
-                samples.append((held, waiting))
-                await asyncio.sleep(SAMPLE_SECONDS)
-        finally:
-            await conn.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(sample(),))
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def lock_share(samples: list[tuple[int, int]]) -> tuple[float, float]:
-    """Share of the samples that found the lock held; transactions waiting, on average."""
-    n = max(len(samples), 1)
-    return sum(1 for h, _ in samples if h) / n, sum(w for _, w in samples) / n
-
-
 def measure(group: list[Server], files: list[Path], connections: int, seconds: float) -> Sends:
     """One wrk per server at once, the connections split between them: rates and errors
     added up, p50 the wrk's averaged by requests, p99 and max the worst of them; the NOTIFY
     lock sampled meanwhile."""
     before, t0, share = cpu_ticks(), time.monotonic(), connections // len(group)
     samples: list[tuple[int, int]] = []
+    for server in group:
+        settle(server)
     with notify_lock(samples):
         wrks = [
             subprocess.Popen(wrk(s, f, share, seconds), stdout=subprocess.PIPE, text=True)
@@ -211,50 +162,6 @@ def expect_transports(db: str, client: Any, processes: int) -> None:
         time.sleep(0.5)
 
 
-def pgbench(db: str, script: Path, connections: int, seconds: float) -> tuple[float, float]:
-    """(scripts run per second, their mean latency in ms), pgbench pinned like wrk."""
-    load = [f"-c{connections}", "-j1", f"-T{max(1, round(seconds))}", "-f", str(script), db]
-    cmd = ["taskset", "-c", WRK_CPU, "pgbench", "-h", "127.0.0.1", "-U", "postgres", "-n", *load]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    tps = re.search(r"^tps = ([\d.]+)", done.stdout, re.M)
-    latency = re.search(r"^latency average = ([\d.]+) ms", done.stdout, re.M)
-    if done.returncode or not tps or not latency:
-        raise RuntimeError(f"pgbench: {done.stdout}{done.stderr}")
-    return float(tps[1]), float(latency[1])
-
-
-def postgres_alone(a: argparse.Namespace, db: str, workdir: Path) -> dict[str, list[float]]:
-    """Each PGBENCH script in turn (the order alternating), a warm-up before its first run;
-    medians of sends/s, mean latency, lock held and waiting."""
-    asyncio.run(execute(db, "CREATE TABLE bench_sink (id bigserial PRIMARY KEY, body text)"))
-    scripts = {name: workdir / f"pgbench-{i}.sql" for i, name in enumerate(PGBENCH)}
-    for name, path in scripts.items():
-        path.write_text(PGBENCH[name])
-    out: dict[str, list[list[float]]] = {name: [] for name in PGBENCH}
-    for n in range(a.runs):
-        for name in list(PGBENCH)[:: -1 if n % 2 else 1]:
-            if n == 0:
-                pgbench(db, scripts[name], a.connections, a.warmup)
-            samples: list[tuple[int, int]] = []
-            with notify_lock(samples, db):
-                tps, latency = pgbench(db, scripts[name], a.connections, a.duration)
-            held, waiting = lock_share(samples)
-            out[name].append([tps, latency, held, waiting])
-            log(f"run {n + 1}/{a.runs} {name}: {tps:.0f}/s, {latency:.2f} ms, lock held {held:.0%}")
-    return {
-        name: [statistics.median(col) for col in zip(*runs, strict=True)]
-        for name, runs in out.items()
-    }
-
-
-async def execute(db: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{PG}/{db}")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def report(res: dict[str, Any]) -> str:
     out = [f"Machine: {res['machine']}", "", f"Command: `{res['command']}`", ""]
     lock_note = (
@@ -283,17 +190,7 @@ def report(res: dict[str, Any]) -> str:
         )
         out += [f"Setup: {res['setup']}", "", *table("", head, rows, note, "")]
     if alone := res.get("postgres"):
-        rows = [
-            [name, f"{tps:.0f}", f"{latency:.2f}", f"{held:.0%}", f"{waiting:.2f}"]
-            for name, (tps, latency, held, waiting) in alone.items()
-        ]
-        title = (
-            f"PostgreSQL alone: pgbench -c{res['connections']} -j1 pinned to cpu {WRK_CPU}, "
-            "a 300-byte row into a table of its own and a 300-byte event, one connection "
-            "LISTENing; sends/s and mean latency of the script, medians over the runs:"
-        )
-        head = "script | sends/s | latency ms | lock held | waiting"
-        out += table(title, head, rows, lock_note, "")
+        out += alone_table(alone, res["connections"], lock_note)
     return "\n".join(out)
 
 
