@@ -18,11 +18,12 @@ from app.messenger.threads import Threads
 messages, memberships, threads = table(Message), table(Membership), table(Thread)
 mentions = table(Mention)
 columns = [c for c in messages.c if c.name != "deleted"]
-mine = messages.c.thread_id.in_(  # the caller's live threads
+my_threads = (  # the caller's live threads
     select(memberships.c.thread_id)
     .join(threads, threads.c.id == memberships.c.thread_id)
     .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
 )
+mine = messages.c.thread_id.in_(my_threads)
 # The full-text index of each database (see the reactions_and_search migration).
 matches: ColumnElement[bool]
 newest_first: ColumnElement[int] = messages.c.id
@@ -41,22 +42,26 @@ else:
     # hoping to meet matches soon (a guess: prepared plans know no word), which for a rare
     # word reads every row. This way the matches come from the index and are sorted.
     newest_first = messages.c.id + literal_column("0")
-# The caller's mentions, read in the order of the mention index (user, message). On
-# PostgreSQL each mention's message is looked up by itself, behind an OFFSET 0 fence: joined,
-# the planner may merge the mentions with the message table walked down from its newest row,
-# or fetch every mention of the caller and sort them, and either grows with the feed.
+# The caller's mentions, read in the order of the mention index (user, message), those of
+# threads the caller left passed over in the index by their thread. On PostgreSQL the
+# threads are one array, found once, and each mention's message is looked up by itself,
+# behind an OFFSET 0 fence: joined, the planner may merge the mentions with the message
+# table walked down from its newest row, or fetch every mention of the caller and sort
+# them, and either grows with the feed.
 mentioned: Select[Any]
 if settings.is_sqlite:
     mentioned = select(*columns).join(mentions, mentions.c.message_id == messages.c.id)
-    mentioned = mentioned.where(live(messages), mine)
+    mentioned = mentioned.where(live(messages), mentions.c.thread_id.in_(my_threads))
 else:
     message = (
         select(*columns)
-        .where(messages.c.id == mentions.c.message_id, live(messages), mine)
+        .where(messages.c.id == mentions.c.message_id, live(messages))
         .offset(literal_column("0"))
         .lateral("mentioned")
     )
+    in_my_threads = mentions.c.thread_id == sa.any_(func.array(my_threads.scalar_subquery()))
     mentioned = select(*message.c).select_from(mentions).join(message, true())
+    mentioned = mentioned.where(in_my_threads)
 
 
 class Feeds(Repository[MessageOut]):

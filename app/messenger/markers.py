@@ -27,15 +27,15 @@ unread = (
     .correlate(threads, memberships)
     .scalar_subquery()
 )
-# Of those, the ones that mention the caller: from the caller's mentions (an index on
-# user and message), so a thread without any costs one index probe.
+# Of those, the ones that mention the caller: one range of the caller's mentions of this
+# thread (an index on user, thread and message), so a thread without any costs one probe.
 unread_mentions = (
     select(func.count())
     .select_from(mentions.join(messages, messages.c.id == mentions.c.message_id))
     .where(
         mentions.c.user_id == memberships.c.user_id,
+        mentions.c.thread_id == threads.c.id,
         mentions.c.message_id > memberships.c.last_read_message_id,
-        messages.c.thread_id == threads.c.id,
         live(messages),
     )
     .correlate(threads, memberships)

@@ -55,9 +55,12 @@ class Mentions:
             raise Invalid("mention_ids", "Only members of the thread can be mentioned")
         return sorted(r.user_id for r in found if not r.blocks)
 
-    async def add(self, message_id: int, user_ids: list[int]) -> None:
+    async def add(self, message: MessageOut, user_ids: list[int]) -> None:
         if user_ids:  # one statement for them all
-            rows = [{"message_id": message_id, "user_id": u} for u in user_ids]
+            rows = [
+                {"message_id": message.id, "user_id": u, "thread_id": message.thread_id}
+                for u in user_ids
+            ]
             await self.conn.execute(insert(mentions).values(rows))
 
     async def of(self, items: Sequence[M]) -> list[M]:

@@ -76,14 +76,26 @@ class Reaction(SQLModel, table=True):
 
 
 class Mention(SQLModel, table=True):
-    """A user a message mentions. Written once, with the message; never changed."""
+    """A user a message mentions. Written once, with the message; never changed. It carries
+    the message's thread, so that a user's mentions are read by thread and those of
+    threads the user left are passed over without a look at their messages."""
 
-    # The key serves the mentions of a page of messages; the index, a user's mentions
-    # newest first (the mentions feed, unread mention counts).
+    # The key serves the mentions of a page of messages.
     message_id: int = Field(foreign_key="message.id", primary_key=True)
     user_id: int = Field(foreign_key="user.id", primary_key=True)
+    thread_id: int = Field(foreign_key="thread.id")
 
-    __table_args__ = (Index("ix_mention_user_id_message_id", "user_id", "message_id"),)
+    __table_args__ = (
+        # Unread mention counts: one range per user and thread, past the read marker.
+        Index("ix_mention_user_id_thread_id_message_id", "user_id", "thread_id", "message_id"),
+        # The mentions feed, newest first; the thread read from the index (PostgreSQL).
+        Index(
+            "ix_mention_user_id_message_id",
+            "user_id",
+            "message_id",
+            postgresql_include=["thread_id"],
+        ),
+    )
 
 
 def words(q: str) -> list[str]:

@@ -160,7 +160,7 @@ class Messages(Repository[MessageOut]):
             await self._message(message.thread_id, new.reply_to_id, "reply_to_id")
         mentions = Mentions(self.conn)
         allowed = await mentions.allowed(message.thread_id, message.author_id, new.mention_ids)
-        await mentions.add(message.id, allowed)
+        await mentions.add(message, allowed)
         uploads = Uploads(self.conn)
         message.mention_ids = allowed
         message.attachments = await uploads.attach(

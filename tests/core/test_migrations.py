@@ -1,13 +1,18 @@
 """The migrations build the schema the models describe, and come down and up again."""
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.core.settings import settings
-from tests.helpers import ROOT, clean_env, scratch_postgres
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.core.settings import async_url, settings
+from tests.helpers import ROOT, clean_env, new_thread, scratch_postgres, send, serve, sign_up
 
 
 @contextmanager
@@ -20,23 +25,58 @@ def empty_database(tmp_path: Path) -> Iterator[str]:
             yield url
 
 
+def alembic(url: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
 def test_migrations_up_down_up(tmp_path: Path) -> None:
     with empty_database(tmp_path) as url:
+        alembic(url, "upgrade", "head")
+        assert "No new upgrade operations detected" in alembic(url, "check")
+        alembic(url, "downgrade", "base")
+        alembic(url, "upgrade", "head")
+        assert "(head)" in alembic(url, "current")
 
-        def alembic(*args: str) -> str:
-            proc = subprocess.run(
-                [sys.executable, "-m", "alembic", *args],
-                cwd=ROOT,
-                env=clean_env(DATABASE_URL=url),
-                capture_output=True,
-                text=True,
-                timeout=120,
+
+def test_mentions_made_before_they_carried_their_thread_are_given_it(tmp_path: Path) -> None:
+    with empty_database(tmp_path) as url:
+        alembic(url, "upgrade", "head")
+        with serve(tmp_path, DATABASE_URL=url) as base:
+            asyncio.run(mention_in_two_threads(base))
+        alembic(url, "downgrade", "e146dc5bffa5")  # mentions without their thread
+        alembic(url, "upgrade", "head")
+        rows = asyncio.run(mention_threads(url))
+        assert len(rows) == 2 and len({mention for mention, _ in rows}) == 2
+        assert all(mention == message for mention, message in rows)
+
+
+async def mention_in_two_threads(base: str) -> None:
+    async with AsyncClient(base_url=base) as client:
+        ada = await sign_up(client, "ada@example.com", "Ada")
+        bob = await sign_up(client, "bob@example.com", "Bob")
+        for _ in range(2):
+            thread = await new_thread(client, ada, bob)
+            await send(client, ada, thread["id"], "Bob?", mention_ids=[bob["id"]])
+
+
+async def mention_threads(url: str) -> list[tuple[int, int]]:
+    """(the mention's thread, its message's thread) of every mention."""
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.connect() as conn:
+            sql = text(
+                "SELECT mention.thread_id, message.thread_id FROM mention "
+                "JOIN message ON message.id = mention.message_id"
             )
-            assert proc.returncode == 0, proc.stderr
-            return proc.stdout + proc.stderr
-
-        alembic("upgrade", "head")
-        assert "No new upgrade operations detected" in alembic("check")
-        alembic("downgrade", "base")
-        alembic("upgrade", "head")
-        assert "(head)" in alembic("current")
+            return [(a, b) for a, b in await conn.execute(sql)]
+    finally:
+        await engine.dispose()
