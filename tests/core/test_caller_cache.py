@@ -2,12 +2,17 @@
 whatever one process changes about a user, every process sees at once."""
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import uuid4
 
 from httpx import AsyncClient
 
+from app.core.channels import HEARD_SECONDS, Channel, choose
+from app.core.db import connect
 from tests.helpers import (
     API2,
     PASSWORD,
@@ -124,3 +129,33 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
             assert await me(a, token) == 401
             fresh = (await login(a, user["email"])).json()["access_token"]
             await warm(fresh, a, b)
+
+
+@pg_only
+async def test_a_change_is_answered_only_once_its_event_came_back() -> None:
+    """What makes the test above hold: the publisher hears its own event before it
+    answers, and every other listener was sent it at the same moment. A publisher that
+    cannot hear (never started listening) answers after HEARD_SECONDS all the same."""
+
+    async def publish(channel: Channel) -> float:
+        payload = json.dumps({"type": "test.echo", "id": uuid4().hex})
+        started = time.monotonic()
+        async with connect() as conn:
+            await channel.committed(conn, [payload], until_heard=[payload])
+        return time.monotonic() - started
+
+    deaf = choose()
+    try:
+        assert HEARD_SECONDS <= await publish(deaf) < HEARD_SECONDS + 1
+    finally:
+        await deaf.stop()
+    channel, listening = choose(), asyncio.Event()
+    heard: list[str] = []
+    await channel.start(heard.append, lambda up: listening.set() if up else None)
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        for _ in range(5):
+            assert await publish(channel) < 1
+            assert json.loads(heard[-1])["type"] == "test.echo"
+    finally:
+        await channel.stop()
