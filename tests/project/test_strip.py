@@ -68,6 +68,7 @@ def test_the_copy_serves_on_an_empty_sqlite_without_the_example(stripped: Path) 
     assert not [p for p in paths if p.startswith(EXAMPLE_PATHS)], paths
 
 
+@pytest.mark.skipif(not settings.is_sqlite, reason="runs with the SQLite suite")
 def test_the_copys_core_tests_pass_on_sqlite(stripped: Path) -> None:
     core_tests(stripped)
 
