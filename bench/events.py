@@ -16,7 +16,6 @@ PostgreSQL's NOTIFY lock meanwhile. The last results and what they mean: bench/R
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from harness import (
     Run,
     app_env,
     cells,
+    clean_up_on_kill,
     cpu_ticks,
     database,
     ensure_tools,
@@ -263,9 +263,7 @@ def app_sends(a: argparse.Namespace, url: str, workdir: Path) -> dict[Any, dict[
 
 
 def main() -> None:
-    # Clean up (servers, the database) on Ctrl-C and on kill.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    clean_up_on_kill()
     a = parse_args()
     ensure_tools()
     users, threads, messages = a.data

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,13 @@ SECRET = "bench-secret-" + "x" * 40
 SERVER_CPU, WRK_CPU = "0", "1"
 STALL_MS = 5000  # at 256 connections, a slower request is a stall
 OUT = BENCH / "out"
+
+
+def clean_up_on_kill() -> None:
+    """Servers and databases are cleaned up on Ctrl-C and on kill, even when started
+    with `&` (where SIGINT is ignored by default)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def log(msg: str) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from harness import (  # noqa: E402
     SERVER_CPU,
     WRK_CPU,
     Run,
+    clean_up_on_kill,
     database,
     ensure_tools,
     line,
@@ -170,9 +170,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    # Clean up (servers, databases) on Ctrl-C and on kill, even when started with `&`.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    clean_up_on_kill()
     a = parse_args()
     ensure_tools()
     command = " ".join(["bench/run.py", *sys.argv[1:]])

@@ -20,7 +20,7 @@ something may have been."""
 
 import asyncio
 import logging
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -54,7 +54,7 @@ class Channel:
     def __init__(self) -> None:
         self.receive: Receive = lambda _: None
         self.task: asyncio.Task[None] | None = None
-        self.echoes: defaultdict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
+        self.echoes: dict[str, deque[asyncio.Future[None]]] = {}  # by payload, oldest first
 
     async def committed(
         self, conn: AsyncConnection, payloads: list[str], until_heard: list[str] | None = None
@@ -64,19 +64,20 @@ class Channel:
         waiting to be read before any request that the answer could lead to: a token
         revoked here is refused there on the very next request."""
         loop = asyncio.get_running_loop()
-        waits = [loop.create_future() for _ in until_heard or ()]
-        for payload, wait in zip(until_heard or (), waits, strict=True):
-            self.echoes[payload].append(wait)
+        waits = {payload: loop.create_future() for payload in until_heard or ()}
+        for payload, wait in waits.items():
+            self.echoes.setdefault(payload, deque()).append(wait)
         try:
             await self.send(conn, payloads)
             if waits:
-                await asyncio.wait(waits, timeout=HEARD_SECONDS)
-        finally:  # not heard in time, or the request went away
-            for payload, wait in zip(until_heard or (), waits, strict=True):
-                if wait in (queue := self.echoes[payload]):
+                await asyncio.wait(waits.values(), timeout=HEARD_SECONDS)
+        finally:  # heard ones are gone already; not heard in time, or the request went away
+            for payload, wait in waits.items():
+                queue = self.echoes.get(payload, deque())
+                if wait in queue:
                     queue.remove(wait)
                 if not queue:
-                    del self.echoes[payload]
+                    self.echoes.pop(payload, None)
 
     def arrived(self, payload: str) -> None:
         if queue := self.echoes.get(payload):
