@@ -5,6 +5,7 @@ import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pyotp
+import pytest
 from httpx import AsyncClient
 
 from app.core.settings import settings
@@ -27,7 +28,10 @@ async def me(client: AsyncClient, token: str) -> dict[str, object]:
     return body
 
 
-async def test_setup_enable_and_log_in(client: AsyncClient, make_user: MakeUser) -> None:
+async def test_setup_enable_and_log_in(
+    client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "project_name", "Acme Chat")  # the issuer is the setting
     user = await make_user()
     assert (await me(client, user["token"]["access_token"]))["two_factor_enabled"] is False
     r = await client.post("/api/auth/2fa/setup", json={"password": PASSWORD}, headers=user.headers)
@@ -35,9 +39,9 @@ async def test_setup_enable_and_log_in(client: AsyncClient, make_user: MakeUser)
     secret, uri = r.json()["secret"], urlparse(r.json()["otpauth_url"])
     assert re.fullmatch("[A-Z2-7]{32}", secret)
     assert (uri.scheme, uri.netloc) == ("otpauth", "totp")
-    assert unquote(uri.path) == f"/FastAPI Boilerplate:{user['email']}"
+    assert unquote(uri.path) == f"/Acme Chat:{user['email']}"
     query = parse_qs(uri.query)
-    assert query["secret"] == [secret] and query["issuer"] == ["FastAPI Boilerplate"]
+    assert query["secret"] == [secret] and query["issuer"] == ["Acme Chat"]
     # Pending until a code comes back: logins need none yet.
     assert (await login(client, user["email"])).status_code == 200
 
