@@ -7,9 +7,9 @@ check token_version and the "regular" scope (app/core/deps.py, Bearer), run the 
 SQL (below) on prepared statements, one round trip each and in the app's order, and answer
 the same JSON. A page: the thread (membership), the messages, then their reactions,
 mentions and attachments, one statement each even when they find nothing. A send (a plain
-message, as the bench's are): the sender's send count (the rate limit), then one statement
-for the thread's row lock and version, the message and the sender's read marker, each
-committed as it runs; then a NOTIFY of the `message.created` event in the app's wire
+message, as the bench's are): one statement for the sender's send count (the rate limit),
+the thread's row lock and version, the message and the sender's read marker, committed
+as it runs; then a NOTIFY of the `message.created` event in the app's wire
 format.
 
 It loads the caller's row on every request: the app remembers it per process
@@ -123,21 +123,22 @@ ATTACHMENTS_SQL = (  # ... and its attachments (Uploads.of)
     "upload.sha256, upload.created_at FROM upload WHERE upload.message_id = ANY "
     "($1::INTEGER[]) AND upload.deleted = false ORDER BY upload.message_id, upload.position"
 )
-# POST .../messages (Messages.send, a plain message): the sender's send count first
-# (limits.limit), then one statement (message_send.send_statement) that takes the thread's
-# row lock (checking membership), inserts the message at the next version, counts it on
-# the thread and moves the sender's read marker, each committed as it runs; then the
+# POST .../messages (Messages.send, a plain message): one statement
+# (message_send.send_statement) counts the send against the sender's limit, takes the
+# thread's row lock (checking membership), inserts the message at the next version, counts
+# it on the thread and moves the sender's read marker, committed as it runs; then the
 # event's NOTIFY.
-LIMIT_SQL = (  # counts and answers in one statement; a window that has passed restarts at 1
-    "INSERT INTO login_counter (key, count, window_start) VALUES ($1, 1, $2) "
-    "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN (login_counter.window_start <= $3) "
-    "THEN 1 ELSE login_counter.count + 1 END, window_start = CASE WHEN "
-    "(login_counter.window_start <= $3) THEN $2 ELSE login_counter.window_start END "
-    "RETURNING login_counter.count, login_counter.window_start"
-)
-SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thread
-    "WITH locked AS (SELECT thread.id AS id, thread.version AS version FROM thread "
-    "WHERE thread.id = $6 AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
+SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thread,
+    # $7 the limit's key, $8 the limit's window start if it passed, $9 sends allowed
+    "WITH counted AS (INSERT INTO login_counter (key, count, window_start) "
+    "VALUES ($7::VARCHAR, 1, $1) ON CONFLICT (key) DO UPDATE SET count = CASE WHEN "
+    "(login_counter.window_start <= $8) THEN 1 ELSE login_counter.count + 1 END, "
+    "window_start = CASE WHEN (login_counter.window_start <= $8) THEN $1 "
+    "ELSE login_counter.window_start END "
+    "RETURNING login_counter.count, login_counter.window_start), "
+    "locked AS (SELECT thread.id AS id, thread.version AS version FROM thread "
+    "WHERE (SELECT counted.count FROM counted) <= $9 AND thread.id = $6 "
+    "AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
     "WHERE membership.thread_id = $6 AND membership.user_id = $2 "
     "AND membership.deleted = false)) FOR UPDATE), "
     "inserted AS (INSERT INTO message (thread_id, author_id, body, client_id, reply_to_id, "
@@ -152,9 +153,11 @@ SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thr
     "FROM inserted WHERE membership.thread_id = inserted.thread_id "
     "AND membership.user_id = inserted.author_id AND membership.deleted = false "
     "AND membership.last_read_message_id < inserted.id) "
-    "SELECT inserted.id, inserted.created_at, inserted.updated_at, inserted.thread_id, "
+    "SELECT counted.count AS sent, counted.window_start AS since, locked.id AS locked_id, "
+    "inserted.id, inserted.created_at, inserted.updated_at, inserted.thread_id, "
     "inserted.author_id, inserted.body, inserted.client_id, inserted.edited_at, "
-    "inserted.version, inserted.reply_to_id FROM locked LEFT OUTER JOIN inserted ON true"
+    "inserted.version, inserted.reply_to_id "
+    "FROM counted LEFT OUTER JOIN locked ON true LEFT OUTER JOIN inserted ON true"
 )
 NOTIFY_SQL = "SELECT pg_notify($1, p) FROM unnest(CAST($2 AS text[])) AS p"
 # ---------------------------------------------------------------------------------------
@@ -319,14 +322,14 @@ async def send_message(scope: dict[str, Any], body: bytes, thread_id: int) -> tu
     async with pool.acquire() as con:
         user = await current_user(con, claims)
         now = datetime.now(UTC)
-        # Each statement commits as it runs (no BEGIN/COMMIT), as the app's plain send.
-        # Counted first, repeats too; past the limit nothing else happens.
-        sent = await con.fetchrow(LIMIT_SQL, f"send:{user['id']}", now, now - MINUTE)
-        if sent["count"] > MESSAGES_PER_MINUTE:
+        # Committed as it runs (no BEGIN/COMMIT), as the app's plain send. Sends to one
+        # thread take turns on its row lock, for this statement.
+        key, allowed = f"send:{user['id']}", MESSAGES_PER_MINUTE
+        args = (now, user["id"], text, None, None, thread_id, key, now - MINUTE, allowed)
+        row = await con.fetchrow(SEND_SQL, *args)
+        if row["sent"] > allowed:
             raise HTTPError(429, "Too many requests; try again later")
-        # Sends to one thread take turns on its row lock, for this statement.
-        row = await con.fetchrow(SEND_SQL, now, user["id"], text, None, None, thread_id)
-        if row is None:
+        if row["locked_id"] is None:
             raise HTTPError(404, "Thread not found")
         out = message_out(row)
         # Event.wire of a ThreadEvent (app/core/events.py, app/messenger/events.py), sent

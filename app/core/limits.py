@@ -27,8 +27,9 @@ class Counter(SQLModel, table=True):
 
 counters = table(Counter)
 _fresh = counters.c.window_start <= bindparam("stale", type_=UTCDateTime())
-# One statement counts and answers: a window that has passed starts again at 1.
-_count = (
+# One statement counts and answers: a window that has passed starts again at 1. A caller
+# may run it inside a statement of its own (the send does: no round trip of its own).
+counting = (
     upsert(counters)
     .values(key=bindparam("key"), count=1, window_start=bindparam("now", type_=UTCDateTime()))
     .on_conflict_do_update(
@@ -48,8 +49,19 @@ async def count(conn: AsyncConnection, key: str, window: timedelta) -> tuple[int
     """Count one for `key`: (the count in its window, when the window began)."""
     now = utcnow()
     params = {"key": key[:KEY_LENGTH], "now": now, "stale": now - window}
-    found, start = (await conn.execute(_count, params)).one()
+    found, start = (await conn.execute(counting, params)).one()
     return found, start
+
+
+def check(
+    found: int, start: datetime, allowed: int, window: timedelta, error: type[TooMany] = TooMany
+) -> datetime:
+    """`found` counted in the window that began at `start`: past `allowed`, `error` with the
+    seconds left. The window's start, for `uncount`."""
+    if found > allowed:
+        wait = (start + window - utcnow()).total_seconds()
+        raise error(max(1, int(wait) + 1))
+    return start
 
 
 async def limit(
@@ -58,10 +70,7 @@ async def limit(
     """Count one for `key`; past `allowed` in the window, `error` with the seconds left.
     The window's start, for `uncount`."""
     found, start = await count(conn, key, window)
-    if found > allowed:
-        wait = (start + window - utcnow()).total_seconds()
-        raise error(max(1, int(wait) + 1))
-    return start
+    return check(found, start, allowed, window, error)
 
 
 async def forget(conn: AsyncConnection, key: str) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, String, bindparam, false, select, true, update
 from sqlalchemy.dialects import postgresql
 
+from app.core import limits
 from app.core.models import UTCDateTime, table
 from app.core.repository import live
 from app.messenger.message_models import Message
@@ -17,15 +18,20 @@ columns = [c for c in messages.c if c.name != "deleted"]
 
 def send_statement() -> Select[Any]:
     """PostgreSQL: a send's writes in one statement, one round trip under the thread's lock.
-    `locked` takes the lock of a live thread the author is a member of; `inserted` is the
-    message at the thread's next version, unless its client_id was sent before; `bumped`
-    counts that change on the thread (a repeat changes nothing, so counts nothing); `marked`
-    moves the author's read marker to it. One row: the message, or nulls for a repeat;
-    none: no such thread. (Parameters are not named after columns: in a WITH, SQLAlchemy
-    would take those for values to set.)"""
+    `counted` counts the send against its sender's limit (app.core.limits: repeats count,
+    sends past the limit too), and past the limit nothing else happens; `locked` takes the
+    lock of a live thread the author is a member of; `inserted` is the message at the
+    thread's next version, unless its client_id was sent before; `bumped` counts that
+    change on the thread (a repeat changes nothing, so counts nothing); `marked` moves the
+    author's read marker to it. One row: the sender's count and its window's start (`sent`,
+    `since`), the thread (`locked_id`; null: past the limit, or no such thread) and the
+    message (nulls: a repeat, or nothing sent). (Parameters are not named after columns:
+    in a WITH, SQLAlchemy would take those for values to set.)"""
+    counted = limits.counting.cte("counted")
     locked = (
         select(threads.c.id, threads.c.version)
         .where(
+            select(counted.c.count).scalar_subquery() <= bindparam("allowed", type_=Integer()),
             threads.c.id == bindparam("to_thread"),
             live(threads),
             is_member(bindparam("to_thread"), bindparam("by_user")),
@@ -69,5 +75,7 @@ def send_statement() -> Select[Any]:
         .values(last_read_message_id=inserted.c.id, updated_at=at)
         .cte("marked")
     )
-    found = locked.outerjoin(inserted, true())
-    return select(*inserted.c).select_from(found).add_cte(bumped, marked)
+    found = counted.outerjoin(locked, true()).outerjoin(inserted, true())
+    heads = [counted.c.count.label("sent"), counted.c.window_start.label("since")]
+    heads.append(locked.c.id.label("locked_id"))
+    return select(*heads, *inserted.c).select_from(found).add_cte(bumped, marked)

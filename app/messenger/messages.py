@@ -5,14 +5,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Integer,
-    String,
-    any_,
-    bindparam,
-    select,
-    update,
-)
+from sqlalchemy import Integer, String, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -107,12 +100,12 @@ class Messages(Repository[MessageOut]):
         Sends to one thread take turns on the thread's row lock, so ids and versions grow
         in commit order (what catching up relies on). A busy thread waits on that lock and
         nothing else, so it is held for as little as it can be: on PostgreSQL one statement
-        takes it, counts the change, inserts the message and moves the sender's read
-        marker (`_send`). A plain message (no reply, mention or attachment: most of them)
-        is that one statement, committed as it runs: the lock is let go then, not a round
-        trip later at COMMIT, which is what lets a busy thread take twice the sends. What
-        names other rows is checked after the insert, in a transaction, so that a 422
-        leaves nothing behind. Either way the event goes out after the commit."""
+        counts the send (the limit), takes it, counts the change, inserts the message and
+        moves the sender's read marker (`_send`). A plain message (no reply, mention or
+        attachment: most of them) is that one statement, committed as it runs: the lock is
+        let go then, not a round trip later at COMMIT, which lets a busy thread take twice
+        the sends. What names other rows is checked after the insert, in a transaction: a
+        422 leaves nothing behind. Either way the event goes out after the commit."""
         plain = new.reply_to_id is None and not new.mention_ids and not new.attachment_ids
         if plain and EACH_STATEMENT_COMMITS:
             message, fresh = await self._insert(thread_id, author_id, new)
@@ -130,9 +123,6 @@ class Messages(Repository[MessageOut]):
     async def _insert(
         self, thread_id: int, author_id: int, new: MessageCreate
     ) -> tuple[MessageOut, bool]:
-        # Counted across processes, repeats too; past the limit nothing else happens.
-        allowed = messenger_settings.messages_per_minute
-        await limits.limit(self.conn, f"send:{author_id}", allowed, MINUTE)
         params = {
             "thread_id": thread_id,
             "author_id": author_id,
@@ -143,7 +133,7 @@ class Messages(Repository[MessageOut]):
         }
         steps = self._send_in_steps if settings.is_sqlite else self._send_at_once
         try:
-            row = await steps(params)
+            row = await steps(params, f"send:{author_id}")
         except IntegrityError as exc:  # the only reference a client names: no such message
             raise Invalid("reply_to_id", "No such message in this thread") from exc
         if row is None:  # sent before, or a concurrent twin won the race
@@ -167,8 +157,10 @@ class Messages(Repository[MessageOut]):
             message.id, message.author_id, new.attachment_ids
         )
 
-    async def _send_in_steps(self, params: dict[str, Any]) -> Any:
+    async def _send_in_steps(self, params: dict[str, Any], key: str) -> Any:
         """SQLite: one writer at a time anyway; the same steps, one statement each."""
+        # Counted across processes, repeats too; past the limit nothing else happens.
+        await limits.limit(self.conn, key, messenger_settings.messages_per_minute, MINUTE)
         thread = await Threads(self.conn).bump(
             params["thread_id"], params["author_id"], last_message_at=params["now"]
         )
@@ -178,14 +170,17 @@ class Messages(Repository[MessageOut]):
             await Markers(self.conn).move_marker(params["thread_id"], params["author_id"], row.id)
         return row
 
-    async def _send_at_once(self, params: dict[str, Any]) -> Any:
+    async def _send_at_once(self, params: dict[str, Any], key: str) -> Any:
         names = {"thread_id": "to_thread", "author_id": "by_user", "body": "text"}
         names |= {"client_id": "client", "reply_to_id": "answers", "now": "at"}
-        bound = {names[key]: value for key, value in params.items()}
-        rows = (await self.conn.execute(self._send, bound)).all()
-        if not rows:  # no live thread with the author as a member (deleted a moment ago)
+        bound = {names[name]: value for name, value in params.items()}
+        allowed, now = messenger_settings.messages_per_minute, params["now"]
+        bound |= {"key": key, "now": now, "stale": now - MINUTE, "allowed": allowed}
+        row = (await self.conn.execute(self._send, bound)).one()  # counted, as in steps
+        limits.check(row.sent, row.since, allowed, MINUTE)
+        if row.locked_id is None:  # no live thread with the author as a member
             raise NotFound("Thread not found")
-        return rows[0] if rows[0].id is not None else None
+        return row if row.id is not None else None
 
     async def filled(self, items: Sequence[M], user_id: int) -> list[M]:
         """`items` with their reactions (`me` for `user_id`), mentions and attachments:
