@@ -452,6 +452,14 @@ async def listeners() -> int:
     return int(rows[0][0])
 
 
+async def listening_again(count: int, seconds: float = 15) -> None:
+    """Wait until `count` listeners of this suite's database are connected again."""
+    deadline = time.monotonic() + seconds
+    while (now := await listeners()) < count:
+        assert time.monotonic() < deadline, f"{now} of {count} event listeners back in {seconds} s"
+        await asyncio.sleep(0.1)
+
+
 async def cut_listeners() -> None:
     """Every process's event listener loses its connection (Redis: every app's)."""
     from app.core.settings import settings
