@@ -438,13 +438,15 @@ def count_statements() -> Iterator[list[str]]:
 async def listeners() -> int:
     """The event listeners of this suite's database (one per process), whatever carries
     the events: PostgreSQL's LISTEN, or Redis pub/sub when EVENTS_URL says so."""
+    from app.core.channels import redis_client_name
     from app.core.settings import settings
 
     if settings.events_url:
         import redis.asyncio as redis
 
+        name = redis_client_name()  # this database's: other apps may share the Redis
         async with redis.from_url(settings.events_url) as r:
-            return sum(c["name"] == "app-events" for c in await r.client_list(_type="pubsub"))
+            return sum(c["name"] == name for c in await r.client_list(_type="pubsub"))
     rows = await fetch(
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE application_name = 'app-events' AND datname = current_database()"
@@ -452,16 +454,26 @@ async def listeners() -> int:
     return int(rows[0][0])
 
 
+async def listening_again(count: int, seconds: float = 15) -> None:
+    """Wait until `count` listeners of this suite's database are connected again."""
+    deadline = time.monotonic() + seconds
+    while (now := await listeners()) < count:
+        assert time.monotonic() < deadline, f"{now} of {count} event listeners back in {seconds} s"
+        await asyncio.sleep(0.1)
+
+
 async def cut_listeners() -> None:
-    """Every process's event listener loses its connection (Redis: every app's)."""
+    """Every process's event listener on this suite's database loses its connection."""
+    from app.core.channels import redis_client_name
     from app.core.settings import settings
 
     if settings.events_url:
         import redis.asyncio as redis
 
+        name = redis_client_name()
         async with redis.from_url(settings.events_url) as r:
             for c in await r.client_list():
-                if c["name"] == "app-events":
+                if c["name"] == name:
                     await r.client_kill_filter(_id=c["id"])
         return
     await fetch(

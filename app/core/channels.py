@@ -138,7 +138,7 @@ class Redis(Channel):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.client: Any = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, client_name="app-events"
+            url, socket_timeout=5, socket_connect_timeout=5, client_name=redis_client_name()
         )
         # One Redis may serve several apps: each database's events on a channel of its own.
         self.channel = f"{CHANNEL}:{make_url(settings.database_url).database}"
@@ -216,6 +216,13 @@ async def reconnecting(session: Callable[[], Any], heard: Heard) -> None:
             warned = False
         heard(False)
         await asyncio.sleep(1)
+
+
+def redis_client_name() -> str:
+    """`app-events:<database>`: on a Redis that several apps share, CLIENT LIST tells whose
+    connection each is. Redis takes only printable ASCII without spaces in a name."""
+    name = f"app-events:{make_url(settings.database_url).database}"
+    return "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 
 def choose() -> Channel:

@@ -24,6 +24,10 @@ from app.messenger.threads import Threads
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
+# How long a new socket waits for this process to hear events again before it gives up
+# with 1012: a listener reconnects a second after it dropped, and clients that were just
+# closed with 1012 come back at once.
+HEARING_SECONDS = 5.0
 CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 
@@ -86,6 +90,8 @@ class Hub:
         # Events arrive as their senders' commits were told, not always in commit order.
         self.in_order = InOrder(self.incoming.put_nowait, self.too_late)
         self.tasks: list[asyncio.Task[None]] = []
+        self.hearing = False  # whether the bus hears every event committed from now on
+        self.waiting: set[asyncio.Future[None]] = set()  # sockets waiting for it
 
     def join(self, conn: Connection, thread_id: int) -> None:
         assert conn.threads is not None
@@ -149,11 +155,28 @@ class Hub:
             conn.close(CLOSE_RESTART)
 
     def listening(self, event: Listening) -> None:
-        """Events may have been missed: every socket reconnects and catches up."""
-        if not event.connected:
+        """Events may have been missed: every socket reconnects and catches up. Heard
+        again: the sockets waiting for it may be told `ready`."""
+        self.hearing = event.connected
+        if event.connected:
+            for wait in self.waiting:
+                if not wait.done():
+                    wait.set_result(None)
+        else:
             for conns in list(self.users.values()):
                 for conn in list(conns):
                     conn.close(CLOSE_RESTART)
+
+    async def heard(self) -> bool:
+        """Whether this process hears events, waiting up to HEARING_SECONDS for it to."""
+        if not self.hearing:
+            wait = asyncio.get_running_loop().create_future()
+            self.waiting.add(wait)
+            try:
+                await asyncio.wait([wait], timeout=HEARING_SECONDS)
+            finally:
+                self.waiting.discard(wait)
+        return self.hearing
 
     def dispatch(self, event: ThreadEvent) -> None:
         message = json.dumps(event.socket_message(), separators=(",", ":"))  # once for all
@@ -224,9 +247,14 @@ async def events(websocket: WebSocket, token: str = "") -> None:
     expiry = loop.call_later(max(0.0, caller.expires - time.time()), conn.close, CLOSE_BAD_TOKEN)
     tasks: set[asyncio.Task[None]] = set()
     try:  # whatever fails from here on, the socket is unregistered
-        async with connect() as session:
-            thread_ids = await Threads(session).ids_of(caller.id)
-        hub.ready(conn, thread_ids)
+        # `ready` promises every later commit: not while events may go unheard. Should the
+        # listener drop from here until `ready`, the hub closes this socket with 1012.
+        if await hub.heard():
+            async with connect() as session:
+                thread_ids = await Threads(session).ids_of(caller.id)
+            hub.ready(conn, thread_ids)
+        else:
+            conn.close(CLOSE_RESTART)
         tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(_drain(websocket))}
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

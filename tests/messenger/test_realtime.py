@@ -13,9 +13,11 @@ from httpx import AsyncClient
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
 
+from app.core.db import begin
 from app.core.settings import settings
 from app.messenger import realtime
 from app.messenger.settings import messenger_settings
+from app.messenger.threads import Threads
 from tests.helpers import (
     API1,
     API2,
@@ -123,6 +125,27 @@ async def test_deleted_thread_sends_thread_deleted_and_nothing_more(
     ).status_code == 204
     event = await next_event(ws)
     assert event["type"] == "thread.deleted" and event["thread_id"] == thread["id"]
+    await assert_silent(ws)
+    await ws.close()
+
+
+async def test_a_transaction_that_rolls_back_tells_no_socket(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    owner, member = await make_user(), await make_user()
+    thread = await new_thread(client, owner, member)
+    ws = await listen(live_server, member)
+    with pytest.raises(RuntimeError):
+        async with begin() as conn:  # the rename publishes its event, then the write fails
+            await Threads(conn).rename(thread["id"], owner["id"], title="rolled back")
+            raise RuntimeError("after the write, before the commit")
+    path = f"/api/threads/{thread['id']}"
+    r = await client.patch(path, json={"title": "kept"}, headers=owner.headers)
+    assert r.status_code == 200, r.text
+    while (event := await next_event(ws))["type"] == "thread.created":
+        pass  # committed before `ready`: it may come or not
+    assert event["type"] == "thread.updated" and event["data"]["title"] == "kept"
+    assert event["version"] == thread["version"] + 1
     await assert_silent(ws)
     await ws.close()
 

@@ -11,8 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from app.core.events import bus
 from app.core.settings import settings
+from app.messenger import realtime
 from tests.helpers import (
     API1,
     API2,
@@ -20,7 +23,7 @@ from tests.helpers import (
     bearer,
     close_code,
     cut_listeners,
-    listeners,
+    listening_again,
     next_event,
     pg_only,
     serve_suite_db,
@@ -86,6 +89,11 @@ async def new_thread(owner: Peer, *members: Peer) -> int:
 async def ready(*sockets: Any) -> None:
     for ws in sockets:  # subscribed: what is committed from now on arrives
         assert (await next_event(ws))["type"] == "ready"
+
+
+def everyone(servers: list[str]) -> int:
+    """The listeners there are once all are connected: the servers', and this process's."""
+    return len(servers) + 1
 
 
 async def test_events_cross_processes(servers: list[str], peers: list[Peer]) -> None:
@@ -154,14 +162,50 @@ async def test_listener_reconnects_and_sockets_are_told(
         await cut_listeners()
         # It may have missed events: it is closed with 1012 so the client catches up.
         assert await close_code(ws, timeout=10) == 1012
-    for _ in range(50):  # both processes listen again within a few seconds
-        if await listeners() >= 2:
-            break
-        await asyncio.sleep(0.2)
+    await listening_again(everyone(servers))
     async with b.listen(servers[0]) as ws:
         await ready(ws)
         message = await a.send(thread_id, "after the outage")
         assert (await next_event(ws))["data"] == message
+
+
+async def cut_and_noticed() -> None:
+    """Cut every listener and wait until this process knows it cannot hear."""
+    await cut_listeners()
+    for _ in range(100):
+        if not bus.connected:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("this process did not notice its listener drop")
+
+
+async def test_no_ready_while_this_process_cannot_hear(
+    servers: list[str], peers: list[Peer], live_server: str
+) -> None:
+    """A client back right after its 1012, while this process's listener is still away,
+    is told `ready` only once the process hears again: then what another process commits
+    reaches it."""
+    a, b, *_ = peers
+    thread_id = await new_thread(a, b)
+    await cut_and_noticed()
+    async with b.listen(live_server) as ws:
+        assert (await next_event(ws, timeout=10))["type"] == "ready"
+        assert bus.connected, "`ready` came while this process could not hear"
+        message = await a.send(thread_id, "from the other process")
+        assert (await next_event(ws))["data"] == message
+    await listening_again(everyone(servers))
+
+
+async def test_a_socket_that_waited_too_long_for_the_listener_gets_1012(
+    servers: list[str], live_server: str, peers: list[Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(realtime, "HEARING_SECONDS", 0.2)
+    await cut_and_noticed()
+    async with peers[1].listen(live_server) as ws:
+        with pytest.raises(ConnectionClosed):  # closed, with nothing before: no `ready`
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1012
+    await listening_again(everyone(servers))
 
 
 async def test_two_workers_share_events(tmp_path: Path) -> None:
@@ -207,10 +251,7 @@ async def test_a_listener_cut_mid_traffic_costs_nothing_the_changes_feed_cannot_
         await cut_listeners()
         assert await close_code(ws, timeout=10) == 1012
         sent = await sending
-    for _ in range(50):
-        if await listeners() >= 2:
-            break
-        await asyncio.sleep(0.2)
+    await listening_again(everyone(servers))
     async with b.listen(servers[1]) as ws:
         await ready(ws)
         after = await a.send(thread_id, "after")
