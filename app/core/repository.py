@@ -4,10 +4,13 @@ work. Every query of an entity starts from its live rows (`live`), joined tables
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import cache
+from types import NoneType
 from typing import Any, ClassVar, Generic, TypeVar
 
+from pydantic.fields import FieldInfo
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -74,6 +77,46 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list[Any]:
         raise ValueError("Malformed cursor") from exc
 
 
+def default_of(field: FieldInfo) -> Callable[[], Any]:
+    """A field's default as pydantic gives it: the same immutable value, a fresh empty
+    list or dict, else what pydantic itself makes of it."""
+    value = field.default
+    if field.default_factory is None and isinstance(value, list | dict) and not value:
+        return type(value)
+    if field.default_factory is None and isinstance(value, bool | int | str | NoneType):
+        return lambda: value
+    return lambda: field.get_default(call_default_factory=True, validated_data={})
+
+
+@cache
+def builder(model: type[R], keys: tuple[str, ...]) -> Callable[[Sequence[Any]], R]:
+    """Rows with these columns as `model` instances, exactly as `model.model_construct`
+    makes them (no validation: the database's rows are trusted) but without its Python
+    loop over every field per row: a page of 50 messages spent 11% of its request there.
+    Right for the shapes loaded here: plain fields, no aliases, private attributes or
+    post-init hooks (tests/core/test_repository.py holds it to model_construct)."""
+    where = {key: i for i, key in enumerate(keys)}
+    # In the fields' order, as model_construct fills __dict__: a column, or a default.
+    plan = [
+        (name, where[name] if name in where else default_of(field))
+        for name, field in model.model_fields.items()
+        if name in where or not field.is_required()
+    ]
+    given = frozenset(name for name in keys if name in model.model_fields)
+    new, setattr_ = model.__new__, object.__setattr__
+
+    def make(row: Sequence[Any]) -> R:
+        values = {name: row[at] if isinstance(at, int) else at() for name, at in plan}
+        m: R = new(model)
+        setattr_(m, "__dict__", values)
+        setattr_(m, "__pydantic_fields_set__", set(given))
+        setattr_(m, "__pydantic_extra__", None)
+        setattr_(m, "__pydantic_private__", None)
+        return m
+
+    return make
+
+
 class Repository(Generic[R]):
     """Statements of one table, run on one connection. Subclasses set `table` and `row`
     (the shape rows load into) and add the entity's own queries."""
@@ -97,16 +140,16 @@ class Repository(Generic[R]):
         return stmt if include_deleted else stmt.where(live(cls.table))
 
     def load(self, row: Any) -> R:
-        return self.row.model_construct(**row._mapping)  # type: ignore[return-value]
+        return builder(self.row, tuple(row._fields))(row)  # type: ignore[no-any-return]
 
     async def first(self, stmt: Any, **params: Any) -> R | None:
         row = (await self.conn.execute(stmt, params)).first()
         return None if row is None else self.load(row)
 
     def load_all(self, rows: Result[Any]) -> list[R]:
-        """The rows of one result, its keys read once: a third cheaper than `load` each."""
-        keys, make = tuple(rows.keys()), self.row.model_construct
-        return [make(**dict(zip(keys, row, strict=True))) for row in rows.all()]  # type: ignore[misc]
+        """The rows of one result, built as `model_construct` would build them."""
+        make = builder(self.row, tuple(rows.keys()))
+        return [make(row) for row in rows.all()]
 
     async def all(self, stmt: Any, **params: Any) -> list[R]:
         return self.load_all(await self.conn.execute(stmt, params))
