@@ -1,5 +1,5 @@
-"""The SQL behind the page and search scenarios: each statement the app sends, caught on its
-way to the driver, then EXPLAINed and timed on its own (bench/run.py)."""
+"""The SQL behind the page, search and mentions scenarios: each statement the app sends,
+caught on its way to the driver, then EXPLAINed and timed on its own (bench/run.py)."""
 
 import json
 import statistics
@@ -12,6 +12,9 @@ from harness import PG, app_env, python
 from jose import jwt
 
 STATEMENT_RUNS = 100  # timed runs of each statement the app sends, one after another
+# The mentions feed of the most mentioned user: its first page, and the page after a cursor
+# halfway down (request files of scenarios.py).
+MENTIONS = ["mentions", "mentions_after"]
 
 
 # The statements the app sends for a request, caught on their way to the driver: the

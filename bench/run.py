@@ -55,7 +55,7 @@ from harness import (  # noqa: E402
     settle,
     wrk,
 )
-from plans import explain, statements  # noqa: E402
+from plans import MENTIONS, explain, statements  # noqa: E402
 from report import report  # noqa: E402
 from scenarios import FULL, QUICK, SCENARIOS, request_files  # noqa: E402
 from seed import seed  # noqa: E402
@@ -243,9 +243,11 @@ def main() -> None:
                         servers = {"main": app, "small": small}
                         pages = ("newest", "deep")
                         res["scale"] = {p: bench.alternate("scale ", p, servers) for p in pages}
-            # The pages' statements (after all the POSTs: a plan regression shows) and search's.
+            # The pages' statements (after all the POSTs: a plan regression shows), search's
+            # and the mentions feed's.
             names = ["newest", "deep"] if "scale" in a.checks else []
             names += [n for n in a.scenarios if n.startswith("search_")]
+            names += MENTIONS if "mentions" in a.scenarios else []
             if names:
                 caught = statements(cwd, dbs["main"], files["main"], names)
                 res["statements"] = asyncio.run(explain(dbs["main"], caught))

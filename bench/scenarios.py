@@ -13,7 +13,7 @@ from harness import SECRET
 from jose import jwt
 from seed import BIG_THREAD_ID, RARE_WORD, Rows
 
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, encode_cursor
 
 # The hot thread's target: twice the app's rate before the send path's rework (HOT_BEFORE
 # req/s: a0e1b65, a full run, median of 3, on the 2-core Intel Xeon VM of bench/README.md),
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, tuple[str, float | None]] = {
     "threads": ("GET /api/threads", 0.55),
     "newest": ("GET /api/threads/{id}/messages (newest page)", 0.55),
     "deep": ("GET /api/threads/{id}/messages?before= (deep)", 0.55),
+    "mentions": ("GET /api/mentions (the 200 most mentioned users)", None),
     "post": ("POST /api/threads/{id}/messages (spread: 2,000 thread/member pairs)", 0.55),
     "post_hot": ("POST /api/threads/{id}/messages (hot: all to 1 thread, 50 senders)", HOT_TARGET),
     "token": ("POST /api/auth/token (argon2)", None),
@@ -55,7 +56,9 @@ def request_files(rows: Rows, db: str, workdir: Path) -> dict[str, Path]:
     """One file of requests per scenario (for bench/requests.lua), from the seeded rows, by
     users entitled to make them: 1,000 users, the big thread's members, 500 deep pages,
     2,000 senders in random threads, 2,000 sends to the big thread by its members in turn
-    (so the requests in flight at once come from different senders)."""
+    (so the requests in flight at once come from different senders). `mentions_after` is no
+    scenario: the most mentioned user's page after a cursor halfway down its feed (for its
+    plan)."""
     users = [u[0] for u in rows["user"]]
     pairs = [(m[4], m[5]) for m in rows["membership"]]  # (thread, user)
     big = [uid for tid, uid in pairs if tid == BIG_THREAD_ID]
@@ -73,6 +76,13 @@ def request_files(rows: Rows, db: str, workdir: Path) -> dict[str, Path]:
         "few": [uid for uid, n in threads_of.items() if n == 1][:200],
         "many": [uid for uid, _ in threads_of.most_common(200)],
     }
+    deleted = {m[0] for m in rows["message"] if m[3]}
+    feeds: dict[int, list[int]] = {}  # each user's live mentions, newest first
+    for mid, uid, _ in sorted(rows["mention"], reverse=True):
+        if mid not in deleted:
+            feeds.setdefault(uid, []).append(mid)
+    mentioned = sorted(feeds, key=lambda uid: -len(feeds[uid]))[:200]
+    most = feeds[mentioned[0]]
 
     def get(path: str, uid: int) -> tuple[str, ...]:
         return ("GET", path, token_for(uid), "", "")
@@ -93,6 +103,9 @@ def request_files(rows: Rows, db: str, workdir: Path) -> dict[str, Path]:
         "newest": [get(page, uid) for uid in big],
         "deep": [get(f"{page}?before={mid}", big[i % len(big)])
                  for i, mid in enumerate(rng.sample(deep, min(500, len(deep))))],
+        "mentions": [get("/api/mentions", uid) for uid in mentioned],
+        "mentions_after": [get(f"/api/mentions?cursor={encode_cursor([most[len(most) // 2]])}",
+                               mentioned[0])],
         **{
             f"search_{kind}_{who}": [get(f"/api/messages/search?q={word}", uid) for uid in uids]
             for kind, word in (("common", "meeting"), ("rare", RARE_WORD))

@@ -1,9 +1,10 @@
 """Bulk seed of a migrated, empty bench database (asyncpg COPY): users, threads of 2-50
-members, messages.
+members, messages, mentions.
 
 Thread 1 is the big thread: `messages // 10` of the messages and 50 members. The other
 threads share the rest with a skewed (Pareto) distribution; message ids grow with
-created_at over the last year, as in a real history.
+created_at over the last year, as in a real history. MENTIONED of the messages mention one
+other member of their thread, some users (a skewed popularity) far more often than others.
 """
 
 import json
@@ -26,6 +27,7 @@ WORDS = (  # noqa: SIM905 (a list literal of 130 words would take 130 lines)
 RARE_WORD = "xylophone"  # in one message of 50,000, for the search scenarios
 BIG_THREAD_ID = 1
 BIG_THREAD_MEMBERS = 50
+MENTIONED = 0.02
 COLUMNS = {
     "user": "id created_at updated_at deleted email full_name hashed_password scopes "
     "is_active token_version",
@@ -34,6 +36,7 @@ COLUMNS = {
     "membership": "id created_at updated_at deleted thread_id user_id last_read_message_id",
     "message": "id created_at updated_at deleted thread_id author_id edited_at body client_id "
     "version",
+    "mention": "message_id user_id thread_id",
 }
 Rows = dict[str, list[tuple[Any, ...]]]
 
@@ -92,6 +95,15 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
              len(ids_of[tid]))  # versions 1..n in each thread, as the migration numbers them
         )  # fmt: skip
 
+    # A generator of their own: the rest of the data stays as it was before mentions.
+    mentions = random.Random(43)
+    popularity = [0.0, *(mentions.paretovariate(1.0) for _ in range(users))]  # by user id
+    for mid, _, _, _, tid, author, *_ in rows["message"]:
+        if mentions.random() < MENTIONED:
+            others = [uid for uid in members[tid] if uid != author]
+            [uid] = mentions.choices(others, weights=[popularity[u] for u in others])
+            rows["mention"].append((mid, uid, tid))
+
     at = {m[0]: m[1] for m in rows["message"]}
     for tid, uids in members.items():
         ids = ids_of[tid]
@@ -114,6 +126,8 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
     try:
         for table, columns in COLUMNS.items():
             await conn.copy_records_to_table(table, records=rows[table], columns=columns.split())
+            if not columns.startswith("id "):  # keyed by what it links: no sequence
+                continue
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'), "
                 f'(SELECT coalesce(max(id), 0) + 1 FROM "{table}"), false)'
@@ -123,5 +137,6 @@ async def seed(dsn: str, *, users: int, threads: int, messages: int, hashed: str
     finally:
         await conn.close()
     print(f"  seeded {users:,} users, {threads:,} threads, {messages:,} messages", end="")
+    print(f", {len(rows['mention']):,} mentions", end="")
     print(f" in {time.perf_counter() - t0:.1f} s", flush=True)
     return rows

@@ -1,12 +1,18 @@
 """Guessing passwords is limited: failures are counted per email and per client address, in
-the database (so every process shares the count), before the password is checked."""
+the database (so every process shares the count), before the password is checked. The
+counters are pruned by the job runner's hourly chore, run here as it runs it."""
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 
+from app.core.db import engine
+from app.core.jobs import runner
+from app.core.models import utcnow
 from app.core.settings import settings
 from tests.helpers import API2, MakeUser, fetch, login, pg_only, serve_suite_db
 
@@ -111,3 +117,28 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path: Pat
     with serve_suite_db(tmp_path / "proxied", FORWARDED_ALLOW_IPS="127.0.0.1", **limit) as base:
         assert await wrong_logins(base, [f"198.51.100.{i}" for i in range(5)]) == [401] * 5
         assert await wrong_logins(base, ["192.0.2.1"] * 5) == [401] * 3 + [429] * 2
+
+
+async def test_the_hourly_chore_prunes_the_counters_no_window_counts(
+    client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter goes once its window is long past, and not before: with a two-hour login
+    window, failures counted 90 minutes ago still refuse after the chore."""
+    monkeypatch.setattr(settings, "login_failure_window_seconds", 2 * 3600)
+    old, current = await make_user(), await make_user()
+    for user in (old, current):
+        for _ in range(settings.login_failures_per_email):
+            assert (await login(client, user["email"], "wrong password")).status_code == 401
+    keys = "SELECT key FROM login_counter"  # the address's, signups' and mails' ones too
+    counted = {row.key for row in await fetch(keys)}
+    async with engine.begin() as conn:  # as if counted that long ago
+        for user, age in ((old, timedelta(hours=3)), (current, timedelta(minutes=90))):
+            await conn.execute(
+                text("UPDATE login_counter SET window_start = :start WHERE key = :key"),
+                {"start": utcnow() - age, "key": f"email:{user['email']}"},
+            )
+
+    await runner.chore()
+
+    assert {row.key for row in await fetch(keys)} == counted - {f"email:{old['email']}"}
+    assert (await login(client, current["email"])).status_code == 429

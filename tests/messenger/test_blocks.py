@@ -2,6 +2,7 @@
 with the blocker, adding it to one), even when the block races the add across processes."""
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from httpx import AsyncClient
@@ -88,38 +89,68 @@ async def test_the_blocked_user_cannot_start_a_thread_with_the_blocker_or_add_it
 
 # ------------------------------------------------------------------ across processes
 
+# Tries to bring the blocker (by id) into threads: each resolves to the thread it joined,
+# or None when refused.
+Tries = Callable[[AsyncClient, int], Awaitable[list[Coroutine[Any, Any, int | None]]]]
 
-async def test_a_block_racing_an_add_is_never_passed(processes: list[str]) -> None:
-    """The blocked user adds the blocker to threads on one process while the blocker blocks
-    it on the other. An add may land before the block; none may land after it. Each row's
-    `created_at` is taken once the locks that order the two are held."""
+
+async def assert_a_block_is_never_passed(processes: list[str], tries: Tries) -> None:
+    """The blocked user tries to bring the blocker into threads on one process while the
+    blocker blocks it on the other. A try may land before the block; none may land after
+    it, and a refused one brings it into none. Each row's `created_at` is taken once the
+    locks that order the two are held."""
     async with AsyncClient(base_url=processes[0]) as one, AsyncClient(base_url=processes[1]) as two:
         adder = await sign_up(one, "adder@example.com", "Adder")
         blocker = await sign_up(two, "blocker@example.com", "Blocker")
         one.headers.update(adder.headers)
         two.headers.update(blocker.headers)
+        joined_in_all = 0
         for round in range(20):
-            threads = [
-                (await one.post("/api/threads", json={"member_ids": []})).json()["id"]
-                for _ in range(4)
-            ]
-            body = {"user_id": blocker["id"]}
-            block_, *adds = await asyncio.gather(
-                two.put(f"{BLOCKS}/{adder['id']}"),
-                *(one.post(f"/api/threads/{t}/members", json=body) for t in threads),
+            attempts = await tries(one, blocker["id"])
+            block_, joined = await asyncio.gather(
+                two.put(f"{BLOCKS}/{adder['id']}"), asyncio.gather(*attempts)
             )
             assert block_.status_code == 204, block_.text
-            assert {a.status_code for a in adds} <= {201, 422}, [a.text for a in adds]
             [[blocked_at]] = await fetch(
                 "SELECT created_at FROM block WHERE user_id = :b", b=blocker["id"]
             )
-            for thread_id, add in zip(threads, adds, strict=True):
-                rows = await fetch(
+            for thread_id in (t for t in joined if t is not None):
+                [row] = await fetch(
                     "SELECT created_at FROM membership WHERE thread_id = :t AND user_id = :u"
                     " AND NOT deleted",
                     t=thread_id, u=blocker["id"],
                 )  # fmt: skip
-                assert len(rows) == (add.status_code == 201)
-                if rows:
-                    assert rows[0].created_at < blocked_at, f"added after the block, round {round}"
+                assert row.created_at < blocked_at, f"joined after the block, round {round}"
+            joined_in_all += sum(t is not None for t in joined)
+            [[memberships]] = await fetch(
+                "SELECT count(*) FROM membership WHERE user_id = :u", u=blocker["id"]
+            )
+            assert memberships == joined_in_all, f"a refused try joined, round {round}"
             assert (await two.delete(f"{BLOCKS}/{adder['id']}")).status_code == 204
+
+
+async def test_a_block_racing_an_add_is_never_passed(processes: list[str]) -> None:
+    async def adds(one: AsyncClient, blocker_id: int) -> list[Coroutine[Any, Any, int | None]]:
+        async def add(thread_id: int) -> int | None:
+            r = await one.post(f"/api/threads/{thread_id}/members", json={"user_id": blocker_id})
+            assert r.status_code in (201, 422), r.text
+            return thread_id if r.status_code == 201 else None
+
+        threads = [
+            (await one.post("/api/threads", json={"member_ids": []})).json() for _ in range(4)
+        ]
+        return [add(t["id"]) for t in threads]
+
+    await assert_a_block_is_never_passed(processes, adds)
+
+
+async def test_a_block_racing_a_new_thread_is_never_passed(processes: list[str]) -> None:
+    async def starts(one: AsyncClient, blocker_id: int) -> list[Coroutine[Any, Any, int | None]]:
+        async def start() -> int | None:
+            r = await one.post("/api/threads", json={"member_ids": [blocker_id]})
+            assert r.status_code in (201, 422), r.text
+            return int(r.json()["id"]) if r.status_code == 201 else None
+
+        return [start() for _ in range(4)]
+
+    await assert_a_block_is_never_passed(processes, starts)
