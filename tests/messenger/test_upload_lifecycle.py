@@ -92,6 +92,30 @@ async def test_unattached_uploads_expire(
     assert row.deleted and row.purged
 
 
+async def test_a_deleted_thread_takes_its_attachments_with_it(
+    client: AsyncClient, make_user: MakeUser, backend: Backend
+) -> None:
+    me = await make_user()
+    deleted, left = await new_thread(client, me), await new_thread(client, me)
+    ups = [await upload(client, me, name.encode()) for name in ("deleted", "left")]
+    for thread, up in zip((deleted, left), ups, strict=True):
+        await attach(client, me, thread, [up["id"]])
+    keys = [await key_of(up["id"]) for up in ups]
+    r = await client.delete(f"/api/threads/{deleted['id']}", headers=me.headers)
+    assert r.status_code == 204
+    # The last one out deletes the thread too.
+    url = f"/api/threads/{left['id']}/members/{me['id']}"
+    assert (await client.delete(url, headers=me.headers)).status_code == 204
+
+    for up in ups:  # its uploader no longer reads it
+        assert (await client.get(f"/api/uploads/{up['id']}", headers=me.headers)).status_code == 404
+
+    async def bytes_gone() -> bool:
+        return not [key for key in keys if await backend.holds(key)]
+
+    await until(bytes_gone, seconds=5)  # by a job each, soon after
+
+
 async def test_the_sweep_deletes_orphans_and_forgets_lost_files(
     client: AsyncClient, make_user: MakeUser, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
