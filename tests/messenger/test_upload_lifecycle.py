@@ -138,7 +138,8 @@ async def test_the_sweep_deletes_orphans_and_forgets_lost_files(
 
 
 async def test_the_sweep_spares_young_orphans(disk: Backend) -> None:
-    """A save whose row is not written yet looks like an orphan: only old ones go."""
+    """A save whose row is not written yet looks like an orphan: only old ones go. (On
+    disk: a file's time can be set back, an object's cannot.)"""
     young, old = await saved(), await saved()
     hours_ago = time.time() - 2 * 3600
     os.utime(disk.root / old[:2] / old, (hours_ago, hours_ago))
@@ -158,7 +159,8 @@ async def test_a_failed_purge_is_retried(
     up = await upload(client, me)
     message = await attach(client, me, thread, [up["id"]])
     key = await key_of(up["id"])
-    # A storage that fails to delete: where the key's folder should be lies a file.
+    # A storage that fails to delete (on disk, where a failure can be made): where the
+    # key's folder should be lies a file.
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / key[:2]).write_bytes(b"")

@@ -31,6 +31,7 @@ async def test_bytes_stored_and_uploads_in_flight(
             conn = await held.enter_async_context(engine.connect())
             await held.enter_async_context(conn.begin())
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK})
+        # Counted from the rows, whatever the storage: the process shares this folder.
         env = {"METRICS_ENABLED": "true", "UPLOAD_DIR": str(disk.root)}
         with serve_suite_db(tmp_path / "server", **env) as base:
             async with httpx.AsyncClient(base_url=base) as http:
