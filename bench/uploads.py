@@ -1,7 +1,12 @@
-"""Uploads against a real `python -m app` (SQLite, files on disk in a scratch folder).
+"""Uploads against a real `python -m app` (SQLite, files on disk in a scratch folder, or
+with --s3 in a bucket of moto's S3 server, started in this process as the tests start it).
 
     .venv/bin/python bench/uploads.py              # a 10 MiB file
+    .venv/bin/python bench/uploads.py --s3         # the same, the bytes in S3
     .venv/bin/python bench/uploads.py --mib 1      # a quick check that it runs
+
+With --s3 a download is a 307 to a presigned URL: its bytes come from moto, not through
+the server, and moto shares this process with the clients (its speed is the bench's).
 
 1. Throughput: one client uploads the file, then downloads it, `--rounds` times; MB/s of
    each (medians), the server's peak RSS (VmHWM) before and after.
@@ -15,12 +20,14 @@
 import argparse
 import asyncio
 import hashlib
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,17 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers import bearer, clean_env, multipart, new_thread, sign_up, start  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    S3_BUCKET,
+    S3_CREDENTIALS,
+    bearer,
+    clean_env,
+    free_port,
+    multipart,
+    new_thread,
+    sign_up,
+    start,
+)
 
 MiB = 1024 * 1024
 PAGE = 50
@@ -85,18 +102,56 @@ async def fill(http: httpx.AsyncClient, user: Any, attach: bool) -> Any:
     return thread
 
 
-async def served(args: argparse.Namespace, scratch: Path) -> list[tuple[str, str]]:
+@contextmanager
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 as a real HTTP server in this process: the app's S3_* settings for it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield {
+            "S3_BUCKET": S3_BUCKET,
+            "S3_ENDPOINT_URL": f"http://{host}:{port}",
+            "S3_REGION": "us-east-1",
+            "S3_ACCESS_KEY_ID": S3_CREDENTIALS["aws_access_key_id"],
+            "S3_SECRET_ACCESS_KEY": S3_CREDENTIALS["aws_secret_access_key"],
+        }
+    finally:
+        server.stop()
+
+
+async def make_bucket(s3: dict[str, str]) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+        "s3", endpoint_url=s3["S3_ENDPOINT_URL"], region_name="us-east-1", **S3_CREDENTIALS
+    ) as client:
+        await client.create_bucket(Bucket=s3["S3_BUCKET"])
+
+
+async def served(
+    args: argparse.Namespace, scratch: Path, s3: dict[str, str]
+) -> list[tuple[str, str]]:
     size = int(args.mib * MiB)
     data = os.urandom(size)
+    if s3:
+        await make_bucket(s3)
     env = clean_env(
         MAX_UPLOAD_BYTES=str(max(size, 10 * MiB)),
         MAX_PENDING_UPLOADS="10000",
         UPLOAD_DIR=str(scratch / "files"),
+        **s3,
     )
-    rows = []
+    rows = [("storage", f"S3 (moto at {s3['S3_ENDPOINT_URL']})" if s3 else "disk")]
     with start(scratch, env) as server:
         pid = server.proc.pid
-        async with httpx.AsyncClient(base_url=server.base, timeout=300) as http:
+        # With S3, a download is a redirect to the bucket.
+        async with httpx.AsyncClient(
+            base_url=server.base, timeout=300, follow_redirects=bool(s3)
+        ) as http:
             user = await sign_up(http, "bench@example.com", "Bench")
             auth = bearer(user["token"]["access_token"])
             await up_and_down(http, auth, os.urandom(MiB))  # warm-up, a hash made at signup
@@ -176,9 +231,14 @@ def main() -> None:
     parser.add_argument("--mib", type=float, default=10, help="file size in MiB (10)")
     parser.add_argument("--rounds", type=int, default=5, help="sequential rounds (5)")
     parser.add_argument("--parallel", type=int, default=8, help="clients at once (8)")
+    parser.add_argument("--s3", action="store_true", help="the bytes in moto's S3, not on disk")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-uploads-") as scratch:
-        rows = asyncio.run(served(args, Path(scratch)))
+        if args.s3:
+            with s3_server() as s3:
+                rows = asyncio.run(served(args, Path(scratch), s3))
+        else:
+            rows = asyncio.run(served(args, Path(scratch), {}))
         rows += asyncio.run(statements_per_page(Path(scratch)))
     width = max(len(name) for name, _ in rows)
     print(f"{'':<{width}}  result")

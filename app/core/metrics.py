@@ -18,7 +18,8 @@ WEBSOCKETS = Gauge("websockets_open", "WebSockets connected to this process")
 EVENTS = Counter("events_delivered_total", "Events written to WebSockets")
 POOL = Gauge("db_pool_checked_out", "Database connections in use")
 MAIL_QUEUE = Gauge("mail_queue_length", "Mails waiting to be sent")
-# Set from the database by the hourly sweep, moved by this process's uploads and purges since.
+# Set from the database by every process's hourly chores, moved by this process's uploads
+# and purges since.
 UPLOAD_BYTES = Gauge("upload_bytes_stored", "Bytes of uploaded files kept in storage")
 UPLOADS_IN_FLIGHT = Gauge("uploads_in_flight", "Upload bodies this process is receiving")
 

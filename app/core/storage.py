@@ -10,6 +10,7 @@ only its client, not aioboto3's resource layer.
 """
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -104,11 +105,9 @@ class DiskStorage:
                 yield item
 
     async def url(self, key: str, *, filename: str, content_type: str, inline: bool) -> None:
-        check_key(key)
-        return None  # the app streams the file itself
+        check_key(key)  # and None: the app streams the file itself
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None: ...  # nothing held open
 
 
 def _finish(file: BinaryIO, tmp: str, path: Path) -> None:
@@ -154,7 +153,7 @@ class S3Storage:
     _client: Any = field(default=None, init=False, repr=False)
     _opening: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
-    # S3's minimum for every part but the last, and all that one save buffers.
+    # S3's minimum for every part but the last, and all that one save buffers (plus a chunk).
     PART_SIZE: ClassVar[int] = 5 * 1024 * 1024
 
     async def _s3(self) -> Any:
@@ -180,29 +179,31 @@ class S3Storage:
     async def save(self, key: str, chunks: AsyncIterable[bytes]) -> None:
         where = {"Bucket": self.bucket, "Key": check_key(key)}
         s3 = await self._s3()
-        buffer = bytearray()
+        # Parts go up as the files they were buffered in: bytes were copied whole on the way.
+        buffer = io.BytesIO()
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
 
-        async def upload(body: bytes) -> None:
+        async def upload(body: io.BytesIO) -> None:
             n = len(parts) + 1
+            body.seek(0)
             r = await s3.upload_part(**where, UploadId=upload_id, PartNumber=n, Body=body)
             parts.append({"PartNumber": n, "ETag": r["ETag"]})
 
         try:
             async for chunk in chunks:
-                buffer += chunk
-                while len(buffer) >= self.PART_SIZE:
+                buffer.write(chunk)
+                if buffer.tell() >= self.PART_SIZE:  # a part may be larger
                     if upload_id is None:
                         upload_id = (await s3.create_multipart_upload(**where))["UploadId"]
-                    part = bytes(buffer[: self.PART_SIZE])
-                    del buffer[: self.PART_SIZE]
-                    await upload(part)
+                    await upload(buffer)
+                    buffer = io.BytesIO()
             if upload_id is None:  # less than one part: one request
-                await s3.put_object(**where, Body=bytes(buffer))
+                buffer.seek(0)
+                await s3.put_object(**where, Body=buffer)
                 return
-            if buffer:
-                await upload(bytes(buffer))
+            if buffer.tell():
+                await upload(buffer)
             await s3.complete_multipart_upload(
                 **where, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )

@@ -36,8 +36,9 @@ messenger = Feature(
         on(Listening, hub.listening),
     ],
     # A deleted upload's bytes go by a job each; the hourly chores expire unattached
-    # uploads and sweep what a crash left behind (bytes without a row, rows without bytes).
+    # uploads, sweep what a crash left behind (bytes without a row, rows without bytes)
+    # and count the bytes stored.
     jobs={PURGE: upload_lifecycle.purge},
-    chores=[upload_lifecycle.expire, upload_lifecycle.sweep],
+    chores=[upload_lifecycle.expire, upload_lifecycle.sweep, upload_lifecycle.measure],
     services=[hub],
 )

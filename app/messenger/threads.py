@@ -1,6 +1,6 @@
 """Threads and their memberships: every rule of who may see and change a thread lives
 here (members see it, its owner renames and deletes it, anyone leaves), with versions,
-pages and leaving."""
+pages and leaving. A deleted thread's uploads go with it (app.messenger.uploads)."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,6 +19,7 @@ from app.core.settings import settings
 from app.messenger.events import changed
 from app.messenger.markers import unread, unread_mentions
 from app.messenger.thread_models import Block, Member, Membership, Thread, ThreadOut, ThreadRow
+from app.messenger.uploads import Uploads
 
 threads, memberships = table(Thread), table(Membership)
 blocks, users = table(Block), table(User)
@@ -196,6 +197,7 @@ class Threads(Repository[ThreadRow]):
         thread = await self.bump(thread_id, user_id, deleted=True)
         if thread.owner_id != user_id:
             raise Forbidden(OWNER_ONLY)
+        await Uploads(self.conn).release_thread(thread_id)
         view = await self.view(thread_id, user_id)
         changed(self.conn, "thread.deleted", thread_id, view, thread.version)
 
@@ -256,6 +258,7 @@ class Threads(Repository[ThreadRow]):
             await self.update(thread_id, owner_id=remaining[0].user_id)
         else:  # the last one out: the thread goes with them
             await self.update(thread_id, deleted=True)
+            await Uploads(self.conn).release_thread(thread_id)
         kind = "thread.updated" if remaining else "thread.deleted"
         changed(self.conn, kind, thread_id, await self.view(thread_id, by), thread.version)
 

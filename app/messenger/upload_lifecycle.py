@@ -1,7 +1,8 @@
 """What happens to uploads over time, run by the job runner (app.core.jobs) in every
 process: unattached ones expire, a deleted one's bytes are deleted by an outbox job of its
 own (claimed by one process, retried until the storage says yes), and an hourly sweep
-finds what a crash left behind either way: bytes without a row, rows without bytes."""
+finds what a crash left behind either way: bytes without a row, rows without bytes. Each
+process then sets its gauge of bytes stored from the database."""
 
 import logging
 from datetime import timedelta
@@ -94,4 +95,11 @@ async def sweep(conn: AsyncConnection) -> None:
                 await files().delete(key)
             except Exception as exc:  # left for the next sweep
                 log.warning("upload sweep could not delete an orphan: %s", type(exc).__name__)
-    metrics.UPLOAD_BYTES.set((await conn.execute(_stored)).scalar_one())
+
+
+async def measure(conn: AsyncConnection) -> None:
+    """Hourly, in every process (after the sweep, whichever process swept): the bytes
+    stored, from the database, so each process's gauge comes back to the truth however many
+    uploads other processes took meanwhile."""
+    if settings.metrics_enabled:
+        metrics.UPLOAD_BYTES.set((await conn.execute(_stored)).scalar_one())

@@ -1,6 +1,6 @@
 """Uploads: every rule of who may read, delete or attach one lives here. Their bytes are
 written before their row (app.messenger.upload_intake) and deleted after it: here when the
-uploader deletes one, by a job each when their message was deleted or they expired
+uploader deletes one, by a job each when their message or thread was deleted or they expired
 (app.messenger.upload_lifecycle)."""
 
 from collections import defaultdict
@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Integer,
     String,
+    Update,
     and_,
     bindparam,
     case,
@@ -75,8 +76,9 @@ def fresh() -> datetime:
 class Uploads(Repository[UploadRow]):
     table, row = uploads, UploadRow
 
-    # The deletion of a message deletes its uploads in the same transaction: a live upload
-    # with a message has a live message, and its uploader may read it.
+    # The deletion of a message, or of its thread, deletes its uploads in the same
+    # transaction: a live upload with a message has a live message, and its uploader may
+    # read it.
     _readable = select(*kept).where(
         uploads.c.id == bindparam("id"),
         live(uploads),
@@ -130,9 +132,15 @@ class Uploads(Repository[UploadRow]):
     )
     _release = (
         update(uploads)
-        .where(uploads.c.message_id == bindparam("message"), live(uploads))
+        .where(live(uploads))
         .values(deleted=True, updated_at=bindparam("now", type_=UTCDateTime()))
         .returning(uploads.c.id)
+    )
+    _of_message = _release.where(uploads.c.message_id == bindparam("message"))
+    _of_thread = _release.where(
+        uploads.c.message_id.in_(
+            select(messages.c.id).where(messages.c.thread_id == bindparam("thread"))
+        )
     )
 
     async def readable(self, upload_id: int, user_id: int) -> UploadRow:
@@ -207,6 +215,12 @@ class Uploads(Repository[UploadRow]):
 
     async def release(self, message_id: int) -> None:
         """Its message was deleted: the uploads go with it, their bytes by a job each."""
-        params = {"message": message_id, "now": utcnow()}
-        gone = (await self.conn.execute(self._release, params)).scalars().all()
+        await self._purge_later(self._of_message, message=message_id)
+
+    async def release_thread(self, thread_id: int) -> None:
+        """Its thread was deleted: the uploads of all its messages go, as in `release`."""
+        await self._purge_later(self._of_thread, thread=thread_id)
+
+    async def _purge_later(self, stmt: Update, **params: Any) -> None:
+        gone = (await self.conn.execute(stmt, {**params, "now": utcnow()})).scalars().all()
         await Outbox(self.conn).queue_jobs(PURGE, [{"id": upload_id} for upload_id in gone])

@@ -1,7 +1,8 @@
 """What the messenger's tests share beyond tests/conftest.py: two real `python -m app`
 processes on the suite's PostgreSQL, with a send limit small enough to reach; and the
 storage uploads go to, as a parameter: a folder in tmp_path, or a bucket on moto's S3
-server (the s3_client fixture of tests/conftest.py)."""
+server (the s3_client fixture of tests/conftest.py); and how a browser posts and gets an
+upload."""
 
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -10,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.core.settings import settings
 from app.core.storage import files
-from tests.helpers import S3_BUCKET, S3_CREDENTIALS, start
+from tests.helpers import S3_BUCKET, S3_CREDENTIALS, User, start
 
 SENDS_PER_MINUTE = 5  # MESSAGES_PER_MINUTE of the two processes
 
@@ -99,6 +101,24 @@ async def backend(
 
 @pytest.fixture
 async def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Backend]:
-    """Disk only: for rules that are the same wherever the bytes are."""
+    """Disk only: for tests that look at files (a save in flight, a file's age) or make the
+    disk fail. A rule that holds wherever the bytes are is tested on `backend`."""
     yield await use(tmp_path, monkeypatch)
     await files.stop()
+
+
+async def download(client: httpx.AsyncClient, user: User, upload_id: int, **headers: str) -> Any:
+    """The bytes as a browser gets them: from the app, or from the signed URL it names."""
+    r = await client.get(f"/api/uploads/{upload_id}", headers={**user.headers, **headers})
+    if r.status_code != 307:
+        return r
+    location = r.headers["location"]
+    assert location.startswith(settings.s3_endpoint_url or "?")
+    async with httpx.AsyncClient() as outside:
+        return await outside.get(location)
+
+
+async def post_upload(
+    client: httpx.AsyncClient, user: User, body: bytes, headers: dict[str, str]
+) -> Any:
+    return await client.post("/api/uploads", content=body, headers={**user.headers, **headers})

@@ -79,7 +79,7 @@ async def test_attachments_in_the_order_given_on_every_message(
 
 
 async def test_a_repeated_client_id_returns_the_original_with_its_attachments(
-    client: AsyncClient, make_user: MakeUser, disk: Backend
+    client: AsyncClient, make_user: MakeUser, backend: Backend
 ) -> None:
     me = await make_user()
     thread = await new_thread(client, me)
@@ -92,7 +92,7 @@ async def test_a_repeated_client_id_returns_the_original_with_its_attachments(
 
 
 async def test_what_may_be_attached(
-    client: AsyncClient, make_user: MakeUser, disk: Backend
+    client: AsyncClient, make_user: MakeUser, backend: Backend
 ) -> None:
     me, other = await make_user(), await make_user()
     thread = await new_thread(client, me, other)
@@ -121,7 +121,7 @@ async def test_what_may_be_attached(
 
 
 async def test_racing_sends_attach_an_upload_once(
-    client: AsyncClient, make_user: MakeUser, disk: Backend
+    client: AsyncClient, make_user: MakeUser, backend: Backend
 ) -> None:
     me = await make_user()
     threads = [await new_thread(client, me) for _ in range(2)]
@@ -141,7 +141,7 @@ async def test_racing_sends_attach_an_upload_once(
 
 @pytest.mark.parametrize("attached", [0, 1, 3])
 async def test_a_page_fills_attachments_in_one_statement(
-    client: AsyncClient, make_user: MakeUser, disk: Backend, attached: int
+    client: AsyncClient, make_user: MakeUser, backend: Backend, attached: int
 ) -> None:
     me = await make_user()
     thread = await new_thread(client, me)

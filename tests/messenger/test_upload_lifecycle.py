@@ -92,6 +92,30 @@ async def test_unattached_uploads_expire(
     assert row.deleted and row.purged
 
 
+async def test_a_deleted_thread_takes_its_attachments_with_it(
+    client: AsyncClient, make_user: MakeUser, backend: Backend
+) -> None:
+    me = await make_user()
+    deleted, left = await new_thread(client, me), await new_thread(client, me)
+    ups = [await upload(client, me, name.encode()) for name in ("deleted", "left")]
+    for thread, up in zip((deleted, left), ups, strict=True):
+        await attach(client, me, thread, [up["id"]])
+    keys = [await key_of(up["id"]) for up in ups]
+    r = await client.delete(f"/api/threads/{deleted['id']}", headers=me.headers)
+    assert r.status_code == 204
+    # The last one out deletes the thread too.
+    url = f"/api/threads/{left['id']}/members/{me['id']}"
+    assert (await client.delete(url, headers=me.headers)).status_code == 204
+
+    for up in ups:  # its uploader no longer reads it
+        assert (await client.get(f"/api/uploads/{up['id']}", headers=me.headers)).status_code == 404
+
+    async def bytes_gone() -> bool:
+        return not [key for key in keys if await backend.holds(key)]
+
+    await until(bytes_gone, seconds=5)  # by a job each, soon after
+
+
 async def test_the_sweep_deletes_orphans_and_forgets_lost_files(
     client: AsyncClient, make_user: MakeUser, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,7 +138,8 @@ async def test_the_sweep_deletes_orphans_and_forgets_lost_files(
 
 
 async def test_the_sweep_spares_young_orphans(disk: Backend) -> None:
-    """A save whose row is not written yet looks like an orphan: only old ones go."""
+    """A save whose row is not written yet looks like an orphan: only old ones go. (On
+    disk: a file's time can be set back, an object's cannot.)"""
     young, old = await saved(), await saved()
     hours_ago = time.time() - 2 * 3600
     os.utime(disk.root / old[:2] / old, (hours_ago, hours_ago))
@@ -134,7 +159,8 @@ async def test_a_failed_purge_is_retried(
     up = await upload(client, me)
     message = await attach(client, me, thread, [up["id"]])
     key = await key_of(up["id"])
-    # A storage that fails to delete: where the key's folder should be lies a file.
+    # A storage that fails to delete (on disk, where a failure can be made): where the
+    # key's folder should be lies a file.
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / key[:2]).write_bytes(b"")

@@ -58,6 +58,7 @@ async def status_of(reader: asyncio.StreamReader) -> int:
 async def test_bytes_reach_storage_while_the_body_arrives(
     live_server: str, make_user: MakeUser, disk: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On disk, where a save in flight can be watched growing (a temporary file)."""
     monkeypatch.setattr(settings, "max_upload_bytes", 16 * MiB)
     me = await make_user()
     data = os.urandom(12 * MiB)
@@ -89,32 +90,34 @@ async def test_bytes_reach_storage_while_the_body_arrives(
 async def test_a_body_past_the_limit_stops_at_once(
     live_server: str,
     make_user: MakeUser,
-    disk: Backend,
+    backend: Backend,
     monkeypatch: pytest.MonkeyPatch,
     declared: bool,
 ) -> None:
     """Answered while the client is still sending, and nothing is kept."""
     monkeypatch.setattr(settings, "max_upload_bytes", MiB)
     me = await make_user()
+    before = await backend.contents()
     body, headers = multipart(os.urandom(3 * MiB))
     if declared:  # a Content-Length that lies about what follows: counted all the same
         body = body[: 2 * MiB]
     reader, writer = await raw_upload(live_server, me, body, headers, stop_after=2 * MiB)
     assert await status_of(reader) == 413
     writer.close()
-    assert [p for p in disk.root.rglob("*") if p.is_file()] == []
+    assert await backend.contents() == before
 
 
 async def test_a_slow_body_times_out_and_leaves_nothing(
-    live_server: str, make_user: MakeUser, disk: Backend, monkeypatch: pytest.MonkeyPatch
+    live_server: str, make_user: MakeUser, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(settings, "request_body_timeout_seconds", 1.0)
     me = await make_user()
+    before = await backend.contents()
     body, headers = multipart(os.urandom(MiB))
     reader, writer = await raw_upload(live_server, me, body, headers, stop_after=MiB // 2)
     assert await status_of(reader) == 408
     writer.close()
-    assert [p for p in disk.root.rglob("*") if p.is_file()] == []
+    assert await backend.contents() == before
     assert metrics.UPLOADS_IN_FLIGHT._value.get() == 0
 
 
@@ -125,7 +128,8 @@ async def test_the_limit_is_decided_as_the_row_is_written(
     disk: Backend,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Room for one more when a body starts, none when it ends: 429, and its bytes go."""
+    """Room for one more when a body starts, none when it ends: 429, and its bytes go.
+    On disk, where the save in flight shows (a temporary file) before the body ends."""
     monkeypatch.setattr(messenger_settings, "max_pending_uploads", 1)
     me = await make_user()
     body, headers = multipart(os.urandom(2 * MiB))
