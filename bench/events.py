@@ -61,7 +61,7 @@ from notify_lock import SAMPLE_SECONDS, alone_table, lock_share, notify_lock, po
 from scenarios import FULL, QUICK, request_files
 from seed import seed
 
-from tests.helpers import Server
+from tests.servers import Server
 
 TRANSPORTS = ("notify", "redis")
 SCENARIOS = {"post": "post (spread)", "post_hot": "post_hot (1 thread)"}

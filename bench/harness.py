@@ -18,7 +18,8 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.helpers import PASSWORD, Server, start
+from tests.helpers import PASSWORD
+from tests.servers import Server, start
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import database
 
-from tests.helpers import free_port, serve
+from tests.servers import free_port, serve
 
 QUEUE = (
     'INSERT INTO mail (created_at, updated_at, kind, "to", data, attempts, next_attempt_at) '

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import cpu_ticks, database, machine, memory_mib
 
-from tests.helpers import User, new_thread, send, sign_up, start, ws_url
+from tests.helpers import User, new_thread, send, sign_up, ws_url
+from tests.servers import start
 
 # The app's Argon2 cost (19 MiB, 2 passes) would make 1,000 signups and logins take minutes
 # on 2 cores; it only matters for the setup, not for what is measured.

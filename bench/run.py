@@ -61,7 +61,7 @@ from scenarios import FULL, QUICK, SCENARIOS, request_files  # noqa: E402
 from seed import seed  # noqa: E402
 from spy import recording  # noqa: E402
 
-from tests.helpers import Server  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 CHECKS = ("c256", "scale", "login", "memory")
 

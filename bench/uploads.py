@@ -39,13 +39,11 @@ from tests.helpers import (  # noqa: E402
     S3_BUCKET,
     S3_CREDENTIALS,
     bearer,
-    clean_env,
-    free_port,
     multipart,
     new_thread,
     sign_up,
-    start,
 )
+from tests.servers import clean_env, free_port, start  # noqa: E402
 
 MiB = 1024 * 1024
 PAGE = 50

@@ -1,6 +1,7 @@
 """Tests talk to the real app over HTTP (httpx's ASGI transport) and to a real database:
 an SQLite file by default, PostgreSQL when DATABASE_URL says so. Each test starts from
-empty tables. Shared helpers live in tests/helpers.py; the fixtures live here."""
+empty tables. Shared helpers live in tests/helpers.py, the servers a test starts in
+tests/servers.py; the fixtures live here."""
 
 import os
 import tempfile
@@ -29,17 +30,15 @@ from app.core.http import WEBSOCKET_OPTIONS  # noqa: E402
 from app.core.settings import settings  # noqa: E402
 from app.main import app  # noqa: E402
 from tests.helpers import (  # noqa: E402
-    MAIL_FRONTEND,
     PASSWORD,
     S3_BUCKET,
     S3_CREDENTIALS,
-    Inbox,
     MakeUser,
     User,
-    free_port,
     login,
     set_scopes,
 )
+from tests.servers import MAIL_FRONTEND, Inbox, free_port  # noqa: E402
 
 _ids = count(1)
 

@@ -14,7 +14,8 @@ from app.core.db import engine
 from app.core.jobs import runner
 from app.core.models import utcnow
 from app.core.settings import settings
-from tests.helpers import API2, PASSWORD, Inbox, MakeUser, fetch, login, token_of
+from tests.helpers import API2, PASSWORD, MakeUser, fetch, login
+from tests.servers import Inbox, token_of
 
 pytestmark = API2
 ME = "/api/users/me"

@@ -13,18 +13,8 @@ from httpx import AsyncClient
 
 from app.core.channels import HEARD_SECONDS, Channel, choose
 from app.core.db import connect
-from tests.helpers import (
-    API2,
-    PASSWORD,
-    MakeUser,
-    User,
-    bearer,
-    cut_listeners,
-    me,
-    pg_only,
-    serve_suite_db,
-    set_scopes,
-)
+from tests.helpers import API2, PASSWORD, MakeUser, User, bearer, me, pg_only, set_scopes
+from tests.servers import cut_listeners, serve_suite_db
 
 
 @contextmanager

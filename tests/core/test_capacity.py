@@ -14,16 +14,8 @@ from sqlalchemy import make_url
 
 from app.core.db import engine
 from app.core.settings import settings
-from tests.helpers import (
-    API4,
-    MakeUser,
-    login,
-    pg_only,
-    serve,
-    serve_suite_db,
-    signup,
-    sqlite_only,
-)
+from tests.helpers import API4, MakeUser, login, pg_only, signup, sqlite_only
+from tests.servers import serve, serve_suite_db
 
 
 @asynccontextmanager

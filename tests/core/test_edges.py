@@ -8,7 +8,8 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from tests.helpers import API5, API8, PASSWORD, MakeUser, clean_env, serve
+from tests.helpers import API5, API8, PASSWORD, MakeUser
+from tests.servers import clean_env, serve
 
 pytestmark = API8
 

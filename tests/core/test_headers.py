@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 from httpx import AsyncClient
 
-from tests.helpers import API8, serve
+from tests.helpers import API8
+from tests.servers import serve
 
 
 @API8

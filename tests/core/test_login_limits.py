@@ -14,7 +14,8 @@ from app.core.db import engine
 from app.core.jobs import runner
 from app.core.models import utcnow
 from app.core.settings import settings
-from tests.helpers import API2, MakeUser, fetch, login, pg_only, serve_suite_db
+from tests.helpers import API2, MakeUser, fetch, login, pg_only
+from tests.servers import serve_suite_db
 
 
 async def wrong_logins(base: str, forwarded_for: list[str]) -> list[int]:

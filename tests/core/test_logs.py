@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 
 from app.core.settings import settings
-from tests.helpers import API8, PASSWORD, PLAIN_UVICORN, ROOT, clean_env, serve, start
+from tests.helpers import API8, PASSWORD, ROOT
+from tests.servers import PLAIN_UVICORN, clean_env, serve, start
 
 
 @API8

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import serve
+from tests.servers import serve
 
 
 async def test_no_metrics_unless_enabled(client: httpx.AsyncClient) -> None:

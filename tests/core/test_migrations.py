@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.settings import async_url, settings
-from tests.helpers import ROOT, clean_env, new_thread, scratch_postgres, send, serve, sign_up
+from tests.helpers import ROOT, new_thread, send, sign_up
+from tests.servers import clean_env, scratch_postgres, serve
 
 
 @contextmanager

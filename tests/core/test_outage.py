@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import ROOT, clean_env, free_port, serve, signup
+from tests.helpers import ROOT, signup
+from tests.servers import clean_env, free_port, serve
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [

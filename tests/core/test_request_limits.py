@@ -12,7 +12,8 @@ import pytest
 from httpx import AsyncClient, Response
 
 from app.core.settings import settings
-from tests.helpers import API4, PASSWORD, bearer, clean_env, login, start
+from tests.helpers import API4, PASSWORD, bearer, login
+from tests.servers import clean_env, start
 
 pytestmark = API4
 SLOW_BODY = (

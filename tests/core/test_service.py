@@ -13,17 +13,8 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import (
-    API8,
-    ROOT,
-    clean_env,
-    listeners,
-    login,
-    pg_only,
-    serve,
-    serve_suite_db,
-    signup,
-)
+from tests.helpers import API8, ROOT, login, pg_only, signup
+from tests.servers import clean_env, listeners, serve, serve_suite_db
 
 
 async def test_health(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
-from tests.helpers import API2, API5, MakeUser, fetch, login, serve_suite_db, signup
+from tests.helpers import API2, API5, MakeUser, fetch, login, signup
+from tests.servers import serve_suite_db
 
 
 @API2

@@ -30,7 +30,8 @@ from websockets.asyncio.client import connect
 from app.core import telemetry
 from app.core.db import engine
 from app.core.settings import settings
-from tests.helpers import PASSWORD, READY, next_event, serve, ws_url
+from tests.helpers import PASSWORD, READY, next_event, ws_url
+from tests.servers import serve
 
 SERVER, CLIENT = SpanProto.SpanKind.SPAN_KIND_SERVER, SpanProto.SpanKind.SPAN_KIND_CLIENT
 

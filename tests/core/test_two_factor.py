@@ -18,7 +18,8 @@ from tests.core.two_factor import (
     steady_step,
     turn_on,
 )
-from tests.helpers import PASSWORD, Inbox, MakeUser, bearer, fetch, login, token_of
+from tests.helpers import PASSWORD, MakeUser, bearer, fetch, login
+from tests.servers import Inbox, token_of
 
 
 async def me(client: AsyncClient, token: str) -> dict[str, object]:

@@ -15,7 +15,8 @@ from httpx import AsyncClient
 
 from app.core.settings import settings
 from tests.core.two_factor import INVALID, REQUIRED, WRONG_PASSWORD, log_in, turn_on
-from tests.helpers import MakeUser, fetch, login, serve
+from tests.helpers import MakeUser, fetch, login
+from tests.servers import serve
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="processes share PostgreSQL only")
 

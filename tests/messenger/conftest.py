@@ -16,7 +16,8 @@ import pytest
 
 from app.core.settings import settings
 from app.core.storage import files
-from tests.helpers import S3_BUCKET, S3_CREDENTIALS, User, start
+from tests.helpers import S3_BUCKET, S3_CREDENTIALS, User
+from tests.servers import start
 
 SENDS_PER_MINUTE = 5  # MESSAGES_PER_MINUTE of the two processes
 

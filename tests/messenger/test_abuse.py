@@ -24,16 +24,15 @@ from tests.helpers import (
     MakeUser,
     User,
     assert_silent,
-    clean_env,
     close_code,
     fetch,
     listen,
     login,
     new_thread,
     send,
-    start,
     ws_url,
 )
+from tests.servers import clean_env, start
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
 

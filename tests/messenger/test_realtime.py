@@ -24,23 +24,19 @@ from tests.helpers import (
     API4,
     API8,
     PASSWORD,
-    PLAIN_UVICORN,
     READY,
     ROOT,
     MakeUser,
     assert_silent,
-    clean_env,
     close_code,
     listen,
     new_thread,
     next_event,
     send,
-    serve,
-    serve_suite_db,
     sign_up,
-    start,
     ws_url,
 )
+from tests.servers import PLAIN_UVICORN, clean_env, serve, serve_suite_db, start
 
 
 @API2

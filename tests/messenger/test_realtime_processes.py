@@ -22,15 +22,12 @@ from tests.helpers import (
     assert_silent,
     bearer,
     close_code,
-    cut_listeners,
-    listening_again,
     next_event,
     pg_only,
-    serve_suite_db,
     sign_up,
-    start,
     ws_url,
 )
+from tests.servers import cut_listeners, listening_again, serve_suite_db, start
 
 pytestmark = pg_only
 

@@ -19,8 +19,8 @@ from tests.helpers import (
     new_thread,
     next_event,
     send,
-    serve,
 )
+from tests.servers import serve
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
 

@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 from app.core.db import engine
 from app.messenger.upload_lifecycle import SWEEP_LOCK
-from tests.helpers import ON_SQLITE, MakeUser, multipart, serve_suite_db, upload
+from tests.helpers import ON_SQLITE, MakeUser, multipart, upload
 from tests.messenger.conftest import Backend
+from tests.servers import serve_suite_db
 
 
 def gauge(scrape: str, name: str) -> float:

@@ -15,18 +15,9 @@ from app.core import metrics
 from app.core.db import turn
 from app.core.settings import settings
 from app.messenger.settings import messenger_settings
-from tests.helpers import (
-    MakeUser,
-    User,
-    bearer,
-    clean_env,
-    fetch,
-    multipart,
-    sign_up,
-    start,
-    upload,
-)
+from tests.helpers import MakeUser, User, bearer, fetch, multipart, sign_up, upload
 from tests.messenger.conftest import Backend
+from tests.servers import clean_env, start
 
 MiB = 1024 * 1024
 

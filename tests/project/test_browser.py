@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import PASSWORD, serve
+from tests.helpers import PASSWORD
+from tests.servers import serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

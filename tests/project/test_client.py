@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, clean_env
+from tests.helpers import ROOT
+from tests.servers import clean_env
 
 TS = ROOT / "clients" / "ts"
 BIN = TS / "node_modules" / ".bin"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import serve
+from tests.servers import serve
 
 pytestmark = pytest.mark.skipif(settings.is_sqlite, reason="runs with the PostgreSQL suite")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from app.core.settings import Settings, settings
 from app.messenger.settings import MessengerSettings
-from tests.helpers import ROOT, clean_env, copy_tracked, scratch_postgres, serve
+from tests.helpers import ROOT
+from tests.servers import clean_env, copy_tracked, scratch_postgres, serve
 
 README = ROOT / "README.md"
 TOUR = ROOT / "app" / "messenger" / "README.md"

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import ROOT, clean_env, copy_tracked, pg_only, scratch_postgres, start
+from tests.helpers import ROOT, pg_only
+from tests.servers import clean_env, copy_tracked, scratch_postgres, start
 
 # Inside the copy there is no messenger to take away (and this file is not there either).
 pytestmark = pytest.mark.skipif(
