@@ -18,8 +18,8 @@ def shapes() -> list[type[SQLModel]]:
 
 
 def test_every_shape_is_found() -> None:
-    names = {shape.__name__ for shape in shapes()}
-    assert {"MessageOut", "UserRow", "ThreadRow", "UploadRow"} <= names
+    # The core's own; a feature's (the messenger's) are found the same way while it exists.
+    assert {"UserRow", "TokenRow", "MailRow"} <= {shape.__name__ for shape in shapes()}
 
 
 @pytest.mark.parametrize("shape", shapes(), ids=lambda shape: shape.__name__)
