@@ -5,6 +5,7 @@ from typing import Any
 import httpx
 from httpx import AsyncClient
 
+from app.core.settings import settings
 from app.main import app
 from tests.helpers import (
     API1,
@@ -17,6 +18,7 @@ from tests.helpers import (
     listen,
     new_thread,
     page,
+    pg_only,
     send,
 )
 
@@ -253,3 +255,18 @@ async def test_statement_counts_do_not_grow_with_page_size(
     assert counts[("threads", 2)] == counts[("threads", 12)], counts
     assert counts[("messages", 2)] == counts[("messages", 12)], counts
     assert counts[("threads", 12)] <= 6, counts  # user, threads + unread, members, and BEGIN/COMMIT
+
+
+@pg_only
+async def test_a_plain_send_is_one_statement_and_its_event(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """A plain send on PostgreSQL counts against the limit, writes and commits in one
+    statement; the event's NOTIFY is the only other one (none when Redis carries it)."""
+    me, other = await make_user(), await make_user()
+    thread = await new_thread(client, me, other)
+    await send(client, me, thread["id"])  # from here on the caller is remembered
+    with count_statements() as statements:
+        await send(client, me, thread["id"])
+    assert len(statements) == (1 if settings.events_url else 2), statements
+    assert "login_counter" in statements[0] and "INSERT INTO message" in statements[0]
