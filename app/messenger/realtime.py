@@ -14,7 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from app.core import metrics
 from app.core.accounts.tokens import callers
 from app.core.db import connect
-from app.core.events import Listening, UserChanged
+from app.core.events import Listening, UserChanged, bus
 from app.messenger.events import ThreadEvent
 from app.messenger.messages import Messages
 from app.messenger.ordering import InOrder
@@ -90,7 +90,6 @@ class Hub:
         # Events arrive as their senders' commits were told, not always in commit order.
         self.in_order = InOrder(self.incoming.put_nowait, self.too_late)
         self.tasks: list[asyncio.Task[None]] = []
-        self.hearing = False  # whether the bus hears every event committed from now on
         self.waiting: set[asyncio.Future[None]] = set()  # sockets waiting for it
 
     def join(self, conn: Connection, thread_id: int) -> None:
@@ -157,7 +156,6 @@ class Hub:
     def listening(self, event: Listening) -> None:
         """Events may have been missed: every socket reconnects and catches up. Heard
         again: the sockets waiting for it may be told `ready`."""
-        self.hearing = event.connected
         if event.connected:
             for wait in self.waiting:
                 if not wait.done():
@@ -169,14 +167,14 @@ class Hub:
 
     async def heard(self) -> bool:
         """Whether this process hears events, waiting up to HEARING_SECONDS for it to."""
-        if not self.hearing:
+        if not bus.connected:  # set before the bus tells `listening`
             wait = asyncio.get_running_loop().create_future()
             self.waiting.add(wait)
             try:
                 await asyncio.wait([wait], timeout=HEARING_SECONDS)
             finally:
                 self.waiting.discard(wait)
-        return self.hearing
+        return bus.connected
 
     def dispatch(self, event: ThreadEvent) -> None:
         message = json.dumps(event.socket_message(), separators=(",", ":"))  # once for all
