@@ -4,7 +4,7 @@ work. Every query of an entity starts from its live rows (`live`), joined tables
 import base64
 import binascii
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from types import NoneType
@@ -103,7 +103,7 @@ def builder(model: type[R], keys: tuple[str, ...]) -> Callable[[Sequence[Any]], 
         if name in where or not field.is_required()
     ]
     given = frozenset(name for name in keys if name in model.model_fields)
-    new, setattr_ = model.__new__, object.__setattr__
+    new, setattr_ = object.__new__, object.__setattr__  # SQLModel.__new__ sets what we set
 
     def make(row: Sequence[Any]) -> R:
         values = {name: row[at] if isinstance(at, int) else at() for name, at in plan}
@@ -115,6 +115,17 @@ def builder(model: type[R], keys: tuple[str, ...]) -> Callable[[Sequence[Any]], 
         return m
 
     return make
+
+
+def fill(items: Sequence[R], name: str, found: Mapping[int, Any]) -> list[R]:
+    """Each item's field `name` set to what `found` holds under the item's id, as a plain
+    assignment sets it (no validation, the field marked set) but without pydantic's and
+    SQLModel's __setattr__: filling a page's reactions, mentions and attachments went
+    through it 150 times, 6% of the page's request."""
+    for item in items:
+        item.__dict__[name] = found[item.__dict__["id"]]
+        item.__pydantic_fields_set__.add(name)
+    return list(items)
 
 
 class Repository(Generic[R]):

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.errors import Invalid
 from app.core.models import table
-from app.core.repository import in_ids, live
+from app.core.repository import fill, in_ids, live
 from app.messenger.message_models import Mention, MessageOut
 from app.messenger.thread_models import Block, Membership
 
@@ -71,6 +71,4 @@ class Mentions:
                 self._of, {"ids": [m.id for m in items]}
             ):
                 found[message_id].append(user_id)
-        for message in items:
-            message.mention_ids = found[message.id]
-        return list(items)
+        return fill(items, "mention_ids", found)

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.errors import Conflict
 from app.core.models import UTCDateTime, table, utcnow
-from app.core.repository import in_ids, upsert
+from app.core.repository import fill, in_ids, upsert
 from app.messenger.message_models import MessageOut, Reaction, ReactionOut
 
 M = TypeVar("M", bound=MessageOut)
@@ -91,6 +91,4 @@ class Reactions:
                 found[row.message_id].append(
                     ReactionOut.model_construct(emoji=row.emoji, count=row.uses, me=bool(row.me))
                 )
-        for message in items:
-            message.reactions = found[message.id]
-        return list(items)
+        return fill(items, "reactions", found)

@@ -28,7 +28,7 @@ from app.core.accounts.models import User
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from app.core.models import UTCDateTime, table, utcnow
 from app.core.outbox import Outbox
-from app.core.repository import Repository, in_ids, live
+from app.core.repository import Repository, fill, in_ids, live
 from app.messenger.message_models import Message, MessageOut
 from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
@@ -197,9 +197,7 @@ class Uploads(Repository[UploadRow]):
             result = await self.conn.execute(self._of, {"ids": [m.id for m in items]})
             for row in result.all():
                 found[row[0]].append(shape(row[1:]))
-        for message in items:
-            message.attachments = found[message.id]
-        return list(items)
+        return fill(items, "attachments", found)
 
     async def drop(self, upload_id: int, user_id: int) -> tuple[str, int]:
         """The uploader deletes an upload no message carries: (its key, its size), for the

@@ -4,7 +4,7 @@ held here to build exactly what model_construct builds, for every shape it loads
 import pytest
 from sqlmodel import SQLModel
 
-from app.core.repository import Repository, builder
+from app.core.repository import Repository, builder, fill
 
 
 def shapes() -> list[type[SQLModel]]:
@@ -41,3 +41,23 @@ def test_rows_are_built_as_model_construct_builds_them(shape: type[SQLModel]) ->
         for name, value in made.__dict__.items():  # a default list is no row's but its own
             if isinstance(value, list | dict):
                 assert again.__dict__[name] is not value
+
+
+@pytest.mark.parametrize("shape", shapes(), ids=lambda shape: shape.__name__)
+def test_fill_sets_a_field_as_assignment_sets_it(shape: type[SQLModel]) -> None:
+    # A field left to its default, so that fill must also mark it set.
+    keys = tuple(name for name in shape.model_fields if shape.model_fields[name].is_required())
+    defaulted = [name for name in shape.model_fields if name not in keys]
+    if "id" not in keys or not defaulted:
+        pytest.skip("fill finds an item by its id and sets a field left to its default")
+    name = defaulted[-1]
+    items = [builder(shape, keys)([i if k == "id" else object() for k in keys]) for i in (1, 2)]
+    expected = [builder(shape, keys)([i if k == "id" else object() for k in keys]) for i in (1, 2)]
+    found = {1: object(), 2: object()}
+    for item in expected:
+        setattr(item, name, found[item.id])
+    assert fill(items, name, found) == items
+    for made, assigned in zip(items, expected, strict=True):
+        assert made.__dict__[name] is found[made.id]
+        assert made.model_fields_set == assigned.model_fields_set
+        assert list(made.__dict__) == list(assigned.__dict__)
