@@ -43,14 +43,19 @@ def test_rows_are_built_as_model_construct_builds_them(shape: type[SQLModel]) ->
                 assert again.__dict__[name] is not value
 
 
-@pytest.mark.parametrize("shape", shapes(), ids=lambda shape: shape.__name__)
+def required(shape: type[SQLModel]) -> tuple[str, ...]:
+    return tuple(name for name in shape.model_fields if shape.model_fields[name].is_required())
+
+
+# Shapes with an id (fill finds items by it) and a field left to its default (fill must
+# mark it set): the messenger's messages, which fill their reactions, mentions, attachments.
+FILLED = [s for s in shapes() if "id" in required(s) and len(required(s)) < len(s.model_fields)]
+
+
+@pytest.mark.parametrize("shape", FILLED, ids=lambda shape: shape.__name__)
 def test_fill_sets_a_field_as_assignment_sets_it(shape: type[SQLModel]) -> None:
-    # A field left to its default, so that fill must also mark it set.
-    keys = tuple(name for name in shape.model_fields if shape.model_fields[name].is_required())
-    defaulted = [name for name in shape.model_fields if name not in keys]
-    if "id" not in keys or not defaulted:
-        pytest.skip("fill finds an item by its id and sets a field left to its default")
-    name = defaulted[-1]
+    keys = required(shape)
+    name = [name for name in shape.model_fields if name not in keys][-1]
     items = [builder(shape, keys)([i if k == "id" else object() for k in keys]) for i in (1, 2)]
     expected = [builder(shape, keys)([i if k == "id" else object() for k in keys]) for i in (1, 2)]
     found = {1: object(), 2: object()}
