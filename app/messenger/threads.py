@@ -14,7 +14,7 @@ from app.core.accounts.models import User, UserPublic
 from app.core.errors import Forbidden, Invalid, NotFound
 from app.core.events import UserDeleted
 from app.core.models import Page, table, utcnow
-from app.core.repository import Keyset, Repository, encode_cursor, in_ids, live, upsert
+from app.core.repository import Keyset, Repository, builder, encode_cursor, in_ids, live, upsert
 from app.core.settings import settings
 from app.messenger.events import changed
 from app.messenger.markers import unread, unread_mentions
@@ -103,13 +103,10 @@ class Threads(Repository[ThreadRow]):
         members in one more statement."""
         members: dict[int, list[UserPublic]] = defaultdict(list)
         if rows:
-            ids = [r.id for r in rows]
-            for thread_id, user_id, full_name in await self.conn.execute(
-                self._members, {"ids": ids}
-            ):
-                members[thread_id].append(
-                    UserPublic.model_construct(id=user_id, full_name=full_name)
-                )
+            found = await self.conn.execute(self._members, {"ids": [r.id for r in rows]})
+            member = builder(UserPublic, tuple(found.keys()))  # a page may list thousands
+            for row in found:
+                members[row.thread_id].append(member(row))
         views = []
         for row in rows:
             values = row._mapping  # a new mapping object at each use: read it once
