@@ -16,7 +16,13 @@ commit order puts events back in it (app.messenger.ordering, by each thread's ve
 Each listener proves itself end to end with a message to itself every second: a
 dead peer is not always reported, and through a pooler LISTEN seems to work but never
 hears anything. `heard(True)` once nothing more can be missed, `heard(False)` at once when
-something may have been."""
+something may have been.
+
+What another process must know before the client's next request (a revoked token) is
+followed by a roll call: every listener reads it after what came before it, and answers
+it; the publisher answers its client once all have (`committed(..., wait=True)`).
+PostgreSQL hands a notification to each listener when that listener's backend gets to
+it, so hearing one's own echo says nothing of the others."""
 
 import asyncio
 import logging
@@ -39,9 +45,17 @@ CHANNEL = "app_events"
 # A probe each second; one that does not come back within ECHO_SECONDS means the listener
 # is lost (under load an echo can take a while: a false alarm closes every socket).
 PROBE_SECONDS, ECHO_SECONDS = 1.0, 5.0
-# How long a publisher waits to hear an event back before it answers anyway.
+# How long a publisher waits for every listener's answer to its roll call before it
+# answers its client anyway (a listener may be starting, or stuck).
 HEARD_SECONDS = 2.0
 NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+LISTENER_NAME = "app-events"  # each process's LISTEN connection, in pg_stat_activity
+LISTENERS = text(
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name = :name"
+)
+# Events are JSON objects; a roll call is "?<id>", an answer to it "!<id>".
+ROLL_CALL, ANSWER = "?", "!"
 Receive = Callable[[str], None]
 Heard = Callable[[bool], None]
 
@@ -54,39 +68,48 @@ class Channel:
     def __init__(self) -> None:
         self.receive: Receive = lambda _: None
         self.task: asyncio.Task[None] | None = None
-        self.echoes: dict[str, deque[asyncio.Future[None]]] = {}  # by payload, oldest first
+        self.calls: dict[str, deque[asyncio.Future[None]]] = {}  # a roll call's answers due
+        self.answers: asyncio.Queue[str] = asyncio.Queue()  # for this listener to send
 
-    async def committed(
-        self, conn: AsyncConnection, payloads: list[str], until_heard: list[str] | None = None
-    ) -> None:
-        """Send `payloads`; return once those in `until_heard` came back to this process too.
-        Every listener is sent an event at once, so by then each other process has it
-        waiting to be read before any request that the answer could lead to: a token
-        revoked here is refused there on the very next request."""
-        loop = asyncio.get_running_loop()
-        waits = {payload: loop.create_future() for payload in until_heard or ()}
-        for payload, wait in waits.items():
-            self.echoes.setdefault(payload, deque()).append(wait)
+    async def committed(self, conn: AsyncConnection, payloads: list[str], wait: bool) -> None:
+        """Send `payloads`; with `wait`, return once every process listening has read them
+        (at most HEARD_SECONDS): a token revoked here is refused there on the very next
+        request."""
+        if not wait:
+            return await self.send(conn, payloads)
+        loop, call = asyncio.get_running_loop(), uuid4().hex
+        due = self.calls[call] = deque(loop.create_future() for _ in range(await self.count(conn)))
         try:
-            await self.send(conn, payloads)
-            if waits:
-                await asyncio.wait(waits.values(), timeout=HEARD_SECONDS)
-        finally:  # heard ones are gone already; not heard in time, or the request went away
-            for payload, wait in waits.items():
-                queue = self.echoes.get(payload, deque())
-                if wait in queue:
-                    queue.remove(wait)
-                if not queue:
-                    self.echoes.pop(payload, None)
+            await self.send(conn, [*payloads, ROLL_CALL + call])
+            if due:
+                await asyncio.wait(list(due), timeout=HEARD_SECONDS)
+        finally:
+            del self.calls[call]
 
     def arrived(self, payload: str) -> None:
-        if queue := self.echoes.get(payload):
-            queue.popleft().set_result(None)
-        self.receive(payload)
+        if payload.startswith(ROLL_CALL):  # all that was sent before it is read: say so
+            self.answer(ANSWER + payload[1:])
+        elif payload.startswith(ANSWER):
+            if due := self.calls.get(payload[1:]):
+                due.popleft().set_result(None)
+        else:
+            self.receive(payload)
+
+    def answer(self, payload: str) -> None:
+        self.arrived(payload)
+
+    async def count(self, conn: AsyncConnection) -> int:
+        """The processes listening, this one included."""
+        return 1
 
     async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         for payload in payloads:
             self.arrived(payload)
+
+    async def send_answers(self, say: Callable[[str], Any]) -> None:
+        """A listening session's task: the answers to roll calls, one at a time."""
+        while True:
+            await say(await self.answers.get())
 
     async def listen(self, heard: Heard) -> None:
         heard(True)
@@ -113,6 +136,15 @@ class Notify(Channel):
             # Committed but not told: the version gap shows, and the changes feed fills it.
             log.warning("events not sent: %s", type(exc).__name__)
 
+    def answer(self, payload: str) -> None:
+        self.answers.put_nowait(payload)
+
+    async def count(self, conn: AsyncConnection) -> int:
+        try:
+            return int((await conn.execute(LISTENERS, {"name": LISTENER_NAME})).scalar_one())
+        except DBAPIError:  # committed all the same: send says why nothing goes out
+            return 0
+
     async def listen(self, heard: Heard) -> None:
         url = make_url(settings.direct_database_url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
@@ -120,16 +152,26 @@ class Notify(Channel):
 
         async def session() -> None:
             conn = await asyncpg.connect(
-                dsn, timeout=5, server_settings={"application_name": "app-events"}
+                dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
             )
-            lost = asyncio.Event()
+            lost, one_at_a_time = asyncio.Event(), asyncio.Lock()
+
+            async def run(sql: str, *args: str) -> None:
+                async with one_at_a_time:  # a connection runs one statement at a time
+                    await conn.execute(sql, *args)
+
+            answering = asyncio.create_task(
+                self.send_answers(lambda answer: run("SELECT pg_notify($1, $2)", CHANNEL, answer))
+            )
             try:
                 conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, lambda *args: self.arrived(args[3]))
                 await conn.add_listener(probe, lambda *_: echo.set())
-                await keep_proving(lambda: conn.execute(f"NOTIFY {probe}"), echo, lost, heard)
+                await keep_proving(lambda: run(f"NOTIFY {probe}"), echo, lost, heard)
             finally:
+                answering.cancel()
                 conn.terminate()  # never left half-open behind a failed probe
+                await asyncio.gather(answering, return_exceptions=True)
 
         await reconnecting(session, heard)
 
@@ -154,6 +196,16 @@ class Redis(Channel):
             # it; other processes' caches forget the user within their lifetime.
             log.warning("events not published: %r", exc)
 
+    def answer(self, payload: str) -> None:
+        self.answers.put_nowait(payload)
+
+    async def count(self, conn: AsyncConnection) -> int:
+        try:
+            [(_, subscribers)] = await self.client.pubsub_numsub(self.channel)
+        except (redis.RedisError, OSError):  # committed all the same: send says so
+            return 0
+        return int(subscribers)
+
     async def listen(self, heard: Heard) -> None:
         probe, echo = f"{CHANNEL}_{uuid4().hex}", asyncio.Event()
 
@@ -175,11 +227,15 @@ class Redis(Channel):
                         lost.set()
 
                 reader = asyncio.create_task(read())
+                answering = asyncio.create_task(
+                    self.send_answers(lambda answer: self.client.publish(self.channel, answer))
+                )
                 try:
                     await keep_proving(lambda: self.client.publish(probe, b""), echo, lost, heard)
                 finally:
                     reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                    answering.cancel()
+                    await asyncio.gather(reader, answering, return_exceptions=True)
 
         await reconnecting(session, heard)
 

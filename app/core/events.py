@@ -35,7 +35,7 @@ class Event:
     """Base of every event: a frozen dataclass whose `name` says how it travels."""
 
     name: ClassVar[str]
-    # The publisher answers only once its own process heard the event back (see
+    # The publisher answers only once every process has read the event (see
     # Channel.committed): for what another process must know before the next request.
     heard_before_answer: ClassVar[bool] = False
 
@@ -151,9 +151,8 @@ class Bus:
         for event in events:
             for handler in self.handlers["on_commit"].get(type(event), ()):
                 handler(event)
-        payloads = [self._payload(e) for e in events]
-        heard = [p for p, e in zip(payloads, events, strict=True) if e.heard_before_answer]
-        await self.channel.committed(conn, payloads, heard if self.connected else None)
+        wait = self.connected and any(e.heard_before_answer for e in events)
+        await self.channel.committed(conn, [self._payload(e) for e in events], wait)
 
     def deliver(self, event: Event) -> None:
         for handler in self.handlers["on"].get(type(event), ()):

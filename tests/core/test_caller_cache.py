@@ -7,12 +7,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
+import asyncpg
+import pytest
 from httpx import AsyncClient
+from sqlalchemy import make_url
 
-from app.core.channels import HEARD_SECONDS, Channel, choose
+from app.core.channels import (
+    ANSWER,
+    CHANNEL,
+    HEARD_SECONDS,
+    LISTENER_NAME,
+    ROLL_CALL,
+    Channel,
+    choose,
+)
 from app.core.db import connect
+from app.core.events import bus
+from app.core.settings import settings
 from tests.helpers import API2, PASSWORD, MakeUser, User, bearer, me, pg_only, set_scopes
 from tests.servers import cut_listeners, serve_suite_db
 
@@ -144,16 +158,16 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
 
 
 @pg_only
-async def test_a_change_is_answered_only_once_its_event_came_back() -> None:
-    """What makes the test above hold: the publisher hears its own event before it
-    answers, and every other listener was sent it at the same moment. A publisher that
-    cannot hear (never started listening) answers after HEARD_SECONDS all the same."""
+async def test_a_change_is_answered_only_once_every_listener_read_it() -> None:
+    """What makes the test above hold: the publisher answers once every process listening
+    has read the event and answered the roll call behind it. A publisher that cannot hear
+    (never started listening) answers after HEARD_SECONDS all the same."""
 
     async def publish(channel: Channel) -> float:
         payload = json.dumps({"type": "test.echo", "id": uuid4().hex})
         started = time.monotonic()
         async with connect() as conn:
-            await channel.committed(conn, [payload], until_heard=[payload])
+            await channel.committed(conn, [payload], wait=True)
         return time.monotonic() - started
 
     deaf = choose()
@@ -171,3 +185,40 @@ async def test_a_change_is_answered_only_once_its_event_came_back() -> None:
             assert json.loads(heard[-1])["type"] == "test.echo"
     finally:
         await channel.stop()
+
+
+@pg_only
+@pytest.mark.skipif(bool(settings.events_url), reason="about NOTIFY")
+async def test_a_listener_that_reads_late_holds_the_answer_back() -> None:
+    """PostgreSQL hands a notification to each listener when that listener's backend gets
+    to it: hearing one's own says nothing of the others'. Here a second listener reads
+    late (nothing is delivered inside a transaction): the publisher waits for it."""
+    url = make_url(settings.direct_database_url).set(drivername="postgresql")
+    late = await asyncpg.connect(
+        url.render_as_string(hide_password=False),
+        server_settings={"application_name": LISTENER_NAME},
+    )
+    got: list[str] = []
+    answering: list[asyncio.Task[str]] = []
+
+    def read(*args: Any) -> None:
+        got.append(args[3])
+        if args[3].startswith(ROLL_CALL):  # as every process's listener answers
+            answer = late.execute("SELECT pg_notify($1, $2)", CHANNEL, ANSWER + args[3][1:])
+            answering.append(asyncio.get_running_loop().create_task(answer))
+
+    try:
+        await late.add_listener(CHANNEL, read)
+        await late.execute("BEGIN")
+        payload = json.dumps({"type": "test.echo", "id": uuid4().hex})
+        async with connect() as conn:
+            started = time.monotonic()
+            publishing = asyncio.create_task(bus.channel.committed(conn, [payload], wait=True))
+            await asyncio.sleep(0.5)
+            assert not publishing.done() and got == []
+            await late.execute("COMMIT")  # it reads now, and answers
+            await publishing
+        assert time.monotonic() - started < HEARD_SECONDS - 0.5  # answered, not given up
+        assert got[0] == payload
+    finally:
+        await late.close()
