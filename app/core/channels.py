@@ -49,7 +49,9 @@ PROBE_SECONDS, ECHO_SECONDS = 1.0, 5.0
 # answers its client anyway (a listener may be starting, or stuck).
 HEARD_SECONDS = 2.0
 NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
-LISTENER_NAME = "app-events"  # each process's LISTEN connection, in pg_stat_activity
+# Each process's LISTEN connection, as pg_stat_activity names it. A role sees the names
+# of its own sessions only: DATABASE_URL and DATABASE_URL_DIRECT log in as the same role.
+LISTENER_NAME = "app-events"
 LISTENERS = text(
     "SELECT count(*) FROM pg_stat_activity "
     "WHERE datname = current_database() AND application_name = :name"
