@@ -79,8 +79,8 @@ class Channel:
         request."""
         if not wait:
             return await self.send(conn, payloads)
-        loop, call = asyncio.get_running_loop(), uuid4().hex
-        due = self.calls[call] = deque(loop.create_future() for _ in range(await self.count(conn)))
+        listening, loop, call = await self.count(conn), asyncio.get_running_loop(), uuid4().hex
+        due = self.calls[call] = deque(loop.create_future() for _ in range(listening))
         try:
             await self.send(conn, [*payloads, ROLL_CALL + call])
             if due:
