@@ -85,6 +85,8 @@ class Channel:
             await self.send(conn, [*payloads, ROLL_CALL + call])
             if due:
                 await asyncio.wait(list(due), timeout=HEARD_SECONDS)
+            if due:  # those may answer from memory for a moment: say so
+                log.warning("%d of %d event listeners did not answer in time", len(due), listening)
         finally:
             del self.calls[call]
 

@@ -3,6 +3,7 @@ whatever one process changes about a user, every process sees at once."""
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,10 +159,12 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
 
 
 @pg_only
-async def test_a_change_is_answered_only_once_every_listener_read_it() -> None:
+async def test_a_change_is_answered_only_once_every_listener_read_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """What makes the test above hold: the publisher answers once every process listening
     has read the event and answered the roll call behind it. A publisher that cannot hear
-    (never started listening) answers after HEARD_SECONDS all the same."""
+    (never started listening) answers after HEARD_SECONDS all the same, and says so."""
 
     async def publish(channel: Channel) -> float:
         payload = json.dumps({"type": "test.echo", "id": uuid4().hex})
@@ -172,9 +175,12 @@ async def test_a_change_is_answered_only_once_every_listener_read_it() -> None:
 
     deaf = choose()
     try:
-        assert HEARD_SECONDS <= await publish(deaf) < HEARD_SECONDS + 1
+        with caplog.at_level(logging.WARNING, logger="app.events"):
+            assert HEARD_SECONDS <= await publish(deaf) < HEARD_SECONDS + 1
+        assert "event listeners did not answer in time" in caplog.text
     finally:
         await deaf.stop()
+    caplog.clear()
     channel, listening = choose(), asyncio.Event()
     heard: list[str] = []
     await channel.start(heard.append, lambda up: listening.set() if up else None)
@@ -183,6 +189,7 @@ async def test_a_change_is_answered_only_once_every_listener_read_it() -> None:
         for _ in range(5):
             assert await publish(channel) < 1
             assert json.loads(heard[-1])["type"] == "test.echo"
+        assert "did not answer" not in caplog.text
     finally:
         await channel.stop()
 
