@@ -100,7 +100,7 @@ class Channel:
             self.receive(payload)
 
     def answer(self, payload: str) -> None:
-        self.arrived(payload)
+        self.answers.put_nowait(payload)
 
     async def count(self, conn: AsyncConnection) -> int:
         """The processes listening, this one included."""
@@ -117,6 +117,10 @@ class Channel:
 
     async def listen(self, heard: Heard) -> None:
         heard(True)
+        await self.send_answers(self.send_here)  # in process: what is sent is heard here
+
+    async def send_here(self, payload: str) -> None:
+        self.arrived(payload)
 
     async def start(self, receive: Receive, heard: Heard) -> None:
         self.receive = receive
@@ -140,9 +144,6 @@ class Notify(Channel):
             # Committed but not told: the version gap shows, and the changes feed fills it.
             log.warning("events not sent: %s", type(exc).__name__)
 
-    def answer(self, payload: str) -> None:
-        self.answers.put_nowait(payload)
-
     async def count(self, conn: AsyncConnection) -> int:
         try:
             return int((await conn.execute(LISTENERS, {"name": LISTENER_NAME})).scalar_one())
@@ -150,13 +151,11 @@ class Notify(Channel):
             return 0
 
     async def listen(self, heard: Heard) -> None:
-        url = make_url(settings.direct_database_url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
         probe, echo = f"{CHANNEL}_{uuid4().hex}", asyncio.Event()
 
         async def session() -> None:
             conn = await asyncpg.connect(
-                dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
+                listener_dsn(), timeout=5, server_settings={"application_name": LISTENER_NAME}
             )
             lost, one_at_a_time = asyncio.Event(), asyncio.Lock()
 
@@ -199,9 +198,6 @@ class Redis(Channel):
             # Committed but not told: the version gap shows, and the changes feed fills
             # it; other processes' caches forget the user within their lifetime.
             log.warning("events not published: %r", exc)
-
-    def answer(self, payload: str) -> None:
-        self.answers.put_nowait(payload)
 
     async def count(self, conn: AsyncConnection) -> int:
         try:
@@ -276,6 +272,12 @@ async def reconnecting(session: Callable[[], Any], heard: Heard) -> None:
             warned = False
         heard(False)
         await asyncio.sleep(1)
+
+
+def listener_dsn() -> str:
+    """DATABASE_URL_DIRECT as asyncpg takes it: LISTEN cannot pass a pooler."""
+    url = make_url(settings.direct_database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 def redis_client_name() -> str:

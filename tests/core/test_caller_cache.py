@@ -14,7 +14,6 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import make_url
 
 from app.core.channels import (
     ANSWER,
@@ -24,6 +23,7 @@ from app.core.channels import (
     ROLL_CALL,
     Channel,
     choose,
+    listener_dsn,
 )
 from app.core.db import connect
 from app.core.events import bus
@@ -200,10 +200,8 @@ async def test_a_listener_that_reads_late_holds_the_answer_back() -> None:
     """PostgreSQL hands a notification to each listener when that listener's backend gets
     to it: hearing one's own says nothing of the others'. Here a second listener reads
     late (nothing is delivered inside a transaction): the publisher waits for it."""
-    url = make_url(settings.direct_database_url).set(drivername="postgresql")
     late = await asyncpg.connect(
-        url.render_as_string(hide_password=False),
-        server_settings={"application_name": LISTENER_NAME},
+        listener_dsn(), server_settings={"application_name": LISTENER_NAME}
     )
     got: list[str] = []
     answering: list[asyncio.Task[str]] = []
