@@ -9,7 +9,15 @@ from app.core.db import time_limit
 from app.core.models import Page, table
 from app.core.repository import Keyset, Repository, encode_cursor, live
 from app.core.settings import settings
-from app.messenger.message_models import Mention, Message, MessageOut, words
+from app.messenger.message_models import (
+    SIMPLE,
+    Mention,
+    Message,
+    MessageOut,
+    alnum_runs,
+    searchable,
+    words,
+)
 from app.messenger.messages import Messages
 from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
@@ -33,11 +41,10 @@ if settings.is_sqlite:
         select(fts.c.rowid).where(literal_column("message_fts").op("MATCH")(bindparam("q")))
     )
 else:
-    # A literal, not a parameter: the index's very expression.
-    simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
-    matches = func.to_tsvector(simple, messages.c.body).op("@@")(
-        func.plainto_tsquery(simple, bindparam("q"))
-    )
+    # The query split by the index's rule too: Python's letters and the database's may
+    # differ at the edges ("x²").
+    query = func.plainto_tsquery(SIMPLE, alnum_runs(bindparam("q")))
+    matches = searchable(messages.c.body).op("@@")(query)
     # Not the primary key's order: else PostgreSQL may walk the whole table backwards,
     # hoping to meet matches soon (a guess: prepared plans know no word), which for a rare
     # word reads every row. This way the matches come from the index and are sorted.

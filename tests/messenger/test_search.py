@@ -42,6 +42,27 @@ async def test_every_word_must_match_in_any_case(client: AsyncClient, make_user:
     assert await bodies(client, me, "app") == []  # whole words
 
 
+async def test_a_word_is_a_run_of_letters_and_digits(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """Whatever else a body holds parts its words, in the index as in the query: a number,
+    an address, a path or a version is found whole and by each of its words."""
+    me = await make_user()
+    thread = await new_thread(client, me)
+    body = "pi is 3.14, mail ada@example.com, see example.com/docs and /usr/bin, v2.0-beta"
+    other = "Привет—мир «école» 東京、大阪 straße/über"
+    for sent in (body, other):
+        await send(client, me, thread["id"], sent)
+    for q in ("3.14", "3", "14", "ada", "ada@example.com", "example", "example.com", "docs"):
+        assert await bodies(client, me, q) == [body], q
+    for q in ("usr", "/usr/bin", "bin", "v2", "beta", "v2.0-beta", "v2.0", "mail ada"):
+        assert await bodies(client, me, q) == [body], q
+    for q in ("привет", "МИР", "école", "東京", "大阪", "über", "straße/über", "мир 東京"):
+        assert await bodies(client, me, q) == [other], q
+    for q in ("3.1", "2"):  # no word "1", and "v2" is one
+        assert await bodies(client, me, q) == [], q
+
+
 @API1
 async def test_only_the_callers_live_threads(client: AsyncClient, make_user: MakeUser) -> None:
     me, friend, stranger = await make_user(), await make_user(), await make_user()
