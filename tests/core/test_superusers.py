@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
+from tests.core.two_factor import turn_on
 from tests.helpers import API2, API5, MakeUser, fetch, login, signup
 from tests.servers import serve_suite_db
 
@@ -62,6 +63,26 @@ async def test_admins_cannot_lock_themselves_out(client: AsyncClient, make_user:
     assert (await client.delete(mine, headers=me.headers)).status_code == 403
     r = await client.get("/api/users/me", headers=me.headers)
     assert r.json()["scopes"] == ["regular", "admin", "superuser"] and r.json()["is_active"]
+
+
+@API2
+async def test_a_superuser_token_alone_cannot_take_its_own_account(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """What /api/users/me asks the password for is refused here on oneself: one stolen
+    token must not turn the second factor off and move the account to a new address."""
+    me = await make_user(scopes=["regular", "admin", "superuser"])
+    await make_user(scopes=["regular", "admin", "superuser"])  # so "last one" is not why
+    await turn_on(client, me)
+    mine = f"/api/users/{me['id']}"
+    for change in ({"two_factor_enabled": False}, {"email": "thief@example.com"}):
+        r = await client.patch(mine, json=change, headers=me.headers)
+        assert r.status_code == 403, (change, r.text)
+    r = await client.get("/api/users/me", headers=me.headers)
+    assert r.json()["two_factor_enabled"] and r.json()["email"] == me["email"]
+    # Unchanged and harmless: still allowed.
+    r = await client.patch(mine, json={"email": me["email"], "full_name": "Me"}, headers=me.headers)
+    assert r.status_code == 200, r.text
 
 
 @API5

@@ -73,11 +73,15 @@ async def update_user(
     demoted = "superuser" not in changes.get("scopes", ["superuser"])
     deactivated = changes.get("is_active") is False
     kept = set(changes.get("scopes", target.scopes))
-    if target.id == admin.id and (deactivated or not set(target.scopes) <= kept):
+    new_email = changes.get("email", target.email) != target.email
+    # On oneself, also nothing /api/users/me asks the password for: one stolen token must
+    # not turn the second factor off and move the account to its thief's address.
+    locks_out = deactivated or not set(target.scopes) <= kept
+    if target.id == admin.id and (locks_out or new_email or two_factor_off):
         raise Forbidden(NOT_YOURSELF)
     if (demoted or deactivated) and target.id in superusers:
         _keep_a_superuser(target, superusers)
-    if changes.get("email", target.email) != target.email:
+    if new_email:
         # At once, as an admin's act, but unverified until the new address answers.
         changes |= {"email_verified": False, "pending_email": None}
         await MailTokens(conn).void(target.id, "reset")
