@@ -203,6 +203,23 @@ async def test_setup_with_a_wrong_password_is_a_failed_login(
     assert (await login(client, user["email"])).status_code == 429
 
 
+async def test_a_good_password_alone_keeps_failed_codes_counted(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """Asked again to change the account (here a setup, 409 while it is on), a good password
+    is no login: the wrong codes tried before it stay counted."""
+    user = await make_user()
+    factor = await turn_on(client, user)
+    wrong = "000000" if factor.code() != "000000" else "111111"
+    for _ in range(settings.login_failures_per_email - 1):
+        assert (await log_in(client, user["email"], wrong)).status_code == 401
+        body = {"password": PASSWORD}
+        r = await client.post("/api/auth/2fa/setup", json=body, headers=user.headers)
+        assert r.status_code == 409, r.text
+    assert (await log_in(client, user["email"], wrong)).status_code == 401  # the last allowed
+    assert (await log_in(client, user["email"], factor.code())).status_code == 429
+
+
 async def test_disable_needs_password_and_code(client: AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
     factor = await turn_on(client, user)

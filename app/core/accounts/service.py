@@ -48,9 +48,10 @@ class Attempt:
         await limits.uncount(conn, f"addr:{self.address}", self.address_window)
 
     async def withdrawn(self, conn: AsyncConnection) -> None:
-        """No attempt after all (a good password, sent without its second factor): taken
-        back from both counts, while the email's earlier failures stay, so asking for the
-        code cannot wipe out failed guesses of it."""
+        """No attempt after all (a good password that is no login: sent without its second
+        factor, or asked again to change the account): taken back from both counts, while
+        the email's earlier failures stay, so a good password alone cannot wipe out failed
+        guesses of the code."""
         await limits.uncount(conn, f"email:{self.email}", self.email_window)
         await limits.uncount(conn, f"addr:{self.address}", self.address_window)
 
@@ -78,9 +79,10 @@ async def verified(user: Caller | UserRow, password: str, address: str) -> tuple
 
 
 async def check_password(user: Caller | UserRow, password: str, address: str) -> UserRow:
+    """Withdrawn, not succeeded: only a whole login (its code too) forgets the failures."""
     row, attempt = await verified(user, password, address)
     async with begin() as conn:
-        await attempt.succeeded(conn)
+        await attempt.withdrawn(conn)
     return row
 
 
