@@ -16,7 +16,7 @@ KEY_LENGTH = 400
 
 
 class Counter(SQLModel, table=True):
-    """Attempts under one key (`email:…`, `addr:…`, `send:…`) in its current window."""
+    """Attempts under one key (`email:…`, `addr:…`, `reset:…`, `send:…`) in its current window."""
 
     __tablename__ = "login_counter"
 

@@ -181,3 +181,16 @@ async def test_reset_requests_are_limited(client: httpx.AsyncClient) -> None:
         assert r.status_code == 202
     r = await client.post("/api/auth/password-reset", json={"email": "x@example.com"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+@API4
+async def test_reset_requests_are_limited_per_address_but_are_no_failed_logins(
+    client: httpx.AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "login_failures_per_address", 3)
+    user = await make_user()
+    for n in range(4):
+        r = await client.post("/api/auth/password-reset", json={"email": f"nobody{n}@example.com"})
+        assert r.status_code == (202 if n < 3 else 429), n
+    # An office behind one address still logs in.
+    assert (await login(client, user["email"])).status_code == 200

@@ -200,8 +200,13 @@ async def resend_verification(conn: AsyncConnection, caller: Caller) -> bool:
 
 
 async def request_reset(email: str, address: str) -> None:
+    """Limited per email and per address as logins are, under keys of their own: asking
+    for resets uses up no login allowance of an office behind one address."""
+    window = timedelta(seconds=settings.login_failure_window_seconds)
     async with begin() as conn:
-        await count_attempt(conn, f"reset:{email}", address)
+        await limits.limit(conn, f"reset:email:{email}", settings.login_failures_per_email, window)
+        allowed = settings.login_failures_per_address
+        await limits.limit(conn, f"reset:addr:{address}", allowed, window)
     async with begin() as conn:  # the same row for every email: the user is looked up later
         await Outbox(conn).queue("reset-request", email)
 
