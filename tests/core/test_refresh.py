@@ -2,9 +2,11 @@
 ends when its login would have."""
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
+import pytest
 from httpx import AsyncClient
 from jose import jwt
 
@@ -69,3 +71,15 @@ async def test_refresh_chain_ends_with_its_login(client: AsyncClient, make_user:
     for t in chain:  # no access token outlives its chain either
         claims = jwt.get_unverified_claims(t["access_token"])
         assert claims["exp"] <= jwt.get_unverified_claims(t["refresh_token"])["exp"]
+
+
+async def test_expires_in_says_when_the_access_token_ends(
+    client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Near the end of its chain an access token ends with the chain, and says so."""
+    monkeypatch.setattr(settings, "refresh_token_expire_minutes", 1)  # access: 30
+    user = await make_user()
+    first = (await login(client, user["email"])).json()
+    for token in (first, (await refresh(client, first)).json()):
+        exp = jwt.get_unverified_claims(token["access_token"])["exp"]
+        assert abs(token["expires_in"] - (exp - time.time())) <= 2, (token["expires_in"], exp)

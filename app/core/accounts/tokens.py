@@ -48,15 +48,16 @@ def create_tokens(
 ) -> TokenPair:
     scope = " ".join(s for s in SCOPES if s in scopes)  # canonical order
     now = utcnow()
-    access = timedelta(minutes=settings.access_token_expire_minutes)
+    # Never past the end of its login's chain: near it, shorter than the setting.
+    expires = min(now + timedelta(minutes=settings.access_token_expire_minutes), chain_ends)
     claims = {"sub": str(user_id), "ver": version, "sid": sid, "scope": scope}
 
     def token(**extra: Any) -> str:
         return jwt.encode({**claims, "iat": now, **extra}, settings.secret_key, ALGORITHM)
 
     return TokenPair(
-        access_token=token(type="access", exp=min(now + access, chain_ends)),
-        expires_in=int(access.total_seconds()),
+        access_token=token(type="access", exp=expires),
+        expires_in=int((expires - now).total_seconds()),
         refresh_token=token(type="refresh", exp=chain_ends, jti=jti),
         scope=scope,
     )
