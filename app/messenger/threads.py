@@ -155,6 +155,8 @@ class Threads(Repository[ThreadRow]):
     )
 
     async def _joinable_users(self, ids: set[int], by: int, field: str) -> list[UserPublic]:
+        """`by` among `ids` (a new thread's owner) is locked and checked with them: deleted
+        a moment ago, it gets NotFound, as a caller does from Users.lock."""
         if not ids:
             return []
         params = {"ids": sorted(ids), "by": by}
@@ -162,13 +164,17 @@ class Threads(Repository[ThreadRow]):
             await self.conn.execute(self._lock, params)
         found = (await self.conn.execute(self._joinable, params)).all()
         if len(found) != len(ids):
+            if by in ids and by not in {r.id for r in found}:
+                raise NotFound("User not found")
             raise Invalid(field, UNKNOWN_USER)
         return [UserPublic.model_construct(id=r.id, full_name=r.full_name) for r in found]
 
     async def start(self, owner_id: int, title: str | None, member_ids: list[int]) -> ThreadOut:
-        """A thread of the owner and `member_ids`; an unknown, inactive or deleted one: 422."""
+        """A thread of the owner and `member_ids`; an unknown, inactive or deleted one: 422.
+        The owner is locked as the members are: a deletion of it waits for this thread,
+        then leaves it; or went first, and the owner starts nothing."""
         others = set(member_ids) - {owner_id}
-        await self._joinable_users(others, owner_id, "member_ids")
+        await self._joinable_users({owner_id, *others}, owner_id, "member_ids")
         thread = await self.create(owner_id=owner_id, title=title)
         now = utcnow()
         await self.conn.execute(

@@ -59,6 +59,31 @@ async def test_a_deletion_racing_adds_leaves_the_user_in_no_thread(
         assert live == [], round
 
 
+@API1
+async def test_a_deletion_racing_its_own_new_thread_leaves_the_user_in_no_thread(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    friend = await make_user()
+    for round in range(15):  # under the signups an address may make in an hour
+        victim = await make_user()
+        started, gone = await asyncio.gather(
+            client.post(
+                "/api/threads", json={"member_ids": [friend["id"]]}, headers=victim.headers
+            ),
+            client.delete("/api/users/me", headers=victim.headers),
+        )
+        assert gone.status_code == 204, gone.text
+        # Before the deletion (then left by it), or after it: the user is gone.
+        assert started.status_code in (201, 401, 404), started.text
+        live = await fetch(
+            "SELECT t.id FROM thread t LEFT JOIN membership m ON m.thread_id = t.id"
+            " AND m.user_id = :id AND NOT m.deleted"
+            " WHERE NOT t.deleted AND (t.owner_id = :id OR m.id IS NOT NULL)",
+            id=victim["id"],
+        )
+        assert live == [], round
+
+
 @API4
 async def test_a_socket_that_sends_more_than_4_kib_is_closed_unread(tmp_path: Path) -> None:
     """No compression is offered (no small frame inflates into a big one), and a message over
