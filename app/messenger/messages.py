@@ -252,8 +252,8 @@ class Messages(Repository[MessageOut]):
     async def remove(
         self, thread_id: int, message_id: int, user_id: int, admin: bool
     ) -> MessageOut:
-        """Soft-delete; the author, the thread's owner or an admin may."""
-        thread = await Threads(self.conn).bump(thread_id, user_id)
+        """Soft-delete; the author, the thread's owner or an admin (a member or not) may."""
+        thread = await Threads(self.conn).bump(thread_id, user_id, admin=admin)
         message = await self._message(thread_id, message_id)
         if user_id not in (message.author_id, thread.owner_id) and not admin:
             raise Forbidden("You may not delete this message")

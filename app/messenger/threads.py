@@ -73,27 +73,28 @@ class Threads(Repository[ThreadRow]):
 
     @staticmethod
     @cache
-    def _bump(names: frozenset[str]) -> Update:
-        """The bump that also sets `names`: built once for each set of them."""
+    def _bump(names: frozenset[str], admin: bool) -> Update:
+        """The bump that also sets `names` (of any live thread, for an admin): built once
+        for each set of them."""
+        stmt = update(threads).where(threads.c.id == bindparam("thread_id"), live(threads))
+        if not admin:
+            stmt = stmt.where(is_member(bindparam("thread_id"), bindparam("member_id")))
         return (
-            update(threads)
-            .where(
-                threads.c.id == bindparam("thread_id"),
-                live(threads),
-                is_member(bindparam("thread_id"), bindparam("member_id")),
-            )
-            .values(version=threads.c.version + bindparam("step"))
+            stmt.values(version=threads.c.version + bindparam("step"))
             .values({name: bindparam(f"new_{name}") for name in names})
             .returning(*columns)
         )
 
-    async def bump(self, thread_id: int, member_id: int, step: int = 1, **values: Any) -> ThreadRow:
-        """Lock a live thread the caller is a member of and count a change: versions are
-        handed out in commit order. NotFound when it is gone (deleted a moment ago).
-        `step=0` only locks it, for a change that may turn out to be none."""
+    async def bump(
+        self, thread_id: int, member_id: int, step: int = 1, *, admin: bool = False, **values: Any
+    ) -> ThreadRow:
+        """Lock a live thread the caller is a member of (any live thread, for an admin) and
+        count a change: versions are handed out in commit order. NotFound when it is gone
+        (deleted a moment ago). `step=0` only locks it, for a change that may turn out to
+        be none."""
         params = {f"new_{name}": value for name, value in values.items()}
         params |= {"thread_id": thread_id, "member_id": member_id, "step": step}
-        row = (await self.conn.execute(self._bump(frozenset(values)), params)).first()
+        row = (await self.conn.execute(self._bump(frozenset(values), admin), params)).first()
         if row is None:
             raise NotFound("Thread not found")
         return self.load(row)

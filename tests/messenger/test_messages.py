@@ -233,6 +233,22 @@ async def test_delete_rules(client: AsyncClient, make_user: MakeUser) -> None:
     assert [d for (d,) in rows] == [True, True, True]
 
 
+async def test_an_admin_outside_the_thread_deletes_a_message(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    owner, author, outsider = await make_user(), await make_user(), await make_user()
+    admin = await make_user(scopes=["regular", "admin"])
+    thread = await new_thread(client, owner, author)
+    message = await send(client, author, thread["id"])
+    url = f"{messages_url(thread)}/{message['id']}"
+    assert (await client.delete(url, headers=outsider.headers)).status_code == 404
+    assert (await client.delete(url, headers=admin.headers)).status_code == 204
+    assert (await page(client, owner, thread))["items"] == []
+    assert (await client.delete(url, headers=admin.headers)).status_code == 404
+    gone = f"/api/threads/999999/messages/{message['id']}"
+    assert (await client.delete(gone, headers=admin.headers)).status_code == 404
+
+
 async def test_statement_counts_do_not_grow_with_page_size(
     client: AsyncClient, make_user: MakeUser
 ) -> None:
