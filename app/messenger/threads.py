@@ -218,8 +218,11 @@ class Threads(Repository[ThreadRow]):
         """Any member adds a live, active user: (the user, False if already a member). The
         user is share-locked before the thread (the order a deletion takes them in); the
         partial unique index makes two racing adds one membership."""
+        # 404 for non-members before a word about the user (whether it blocks them); the
+        # lock below checks again, for a member who left meanwhile.
+        await self.visible(thread_id, by)
         [user] = await self._joinable_users({user_id}, by, "user_id")
-        await self.bump(thread_id, by, step=0)  # 404 for non-members, as everywhere
+        await self.bump(thread_id, by, step=0)
         now = utcnow()
         stmt = (
             upsert(memberships)

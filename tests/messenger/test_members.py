@@ -68,6 +68,23 @@ async def test_outsiders_and_removed_members_get_the_same_404_as_missing(
     assert len(r.json()["items"]) == 1
 
 
+@API1
+async def test_an_outsider_adding_anyone_gets_the_404_first(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """Nothing the body names is checked for an outsider: not whether the user exists, nor
+    whether it blocks the outsider."""
+    owner, outsider = await make_user(), await make_user()
+    thread = await new_thread(client, owner)
+    blocks = f"/api/users/me/blocks/{outsider['id']}"
+    assert (await client.put(blocks, headers=owner.headers)).status_code == 204
+    for user_id in (10**8, owner["id"], outsider["id"]):
+        for tid in (thread["id"], 10**8):
+            url = f"/api/threads/{tid}/members"
+            r = await client.post(url, json={"user_id": user_id}, headers=outsider.headers)
+            assert r.status_code == 404 and r.json() == {"detail": "Thread not found"}, user_id
+
+
 async def test_add_members(client: AsyncClient, make_user: MakeUser) -> None:
     owner, member, newcomer = await make_user(), await make_user(), await make_user()
     thread = await new_thread(client, owner, member)
