@@ -11,7 +11,7 @@ import secrets
 import unicodedata
 from collections.abc import AsyncIterator
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core import metrics
@@ -61,19 +61,22 @@ class Intake:
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
             raise Invalid("file", NO_FILE)
-        self.parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._part_begin,
-                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-                "on_end": self._end,
-            },
-        )
+        try:
+            self.parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": self._part_begin,
+                    "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
+                    "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+                    "on_header_end": self._header_end,
+                    "on_headers_finished": self._headers_finished,
+                    "on_part_data": self._part_data,
+                    "on_part_end": self._part_end,
+                    "on_end": self._end,
+                },
+            )
+        except FormParserError:  # a boundary it will not take (over 256 bytes): a bad body
+            raise Invalid("file", NO_FILE) from None
         self.found, self.in_file, self.ended, self.name = False, False, False, "file"
         self._field, self._value = bytearray(), bytearray()
         self._headers: dict[bytes, bytes] = {}
