@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.core import metrics
 from app.core.db import begin, connect
 from app.core.errors import Invalid, TooLarge
+from app.core.http import UPLOAD_FRAMING
 from app.core.settings import settings
 from app.core.storage import files
 from app.messenger.upload_models import UploadOut
@@ -74,6 +75,9 @@ class Intake:
                     "on_part_end": self._part_end,
                     "on_end": self._end,
                 },
+                # Its default, 4 KiB a line, refuses the long names filename() is there to
+                # cut; BodyGuard lets no more than this past the file anyway.
+                max_header_size=UPLOAD_FRAMING,
             )
         except FormParserError:  # a boundary it will not take (over 256 bytes): a bad body
             raise Invalid("file", NO_FILE) from None

@@ -73,6 +73,7 @@ REDUCED = [  # (the name sent, the name kept)
     (b"x" * 300, "x" * 255),
     ("é".encode() * 300, "é" * 255),
     (b"../" + b"y" * 300, "y" * 255),
+    (b"z" * 10_000, "z" * 255),  # longer than a part's header line may be by default
 ]
 
 
