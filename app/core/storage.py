@@ -5,8 +5,7 @@ else, so no path or object name ever comes from user input and traversal is impo
 by construction. Both backends stream: a file is never held whole in memory, and a save
 whose chunks fail midway leaves nothing behind. A missing key reads as FileNotFoundError.
 
-S3 goes through aiobotocore: it is well kept and is what aioboto3 is built on, and we need
-only its client, not aioboto3's resource layer.
+S3 goes through aiobotocore, which aioboto3 is built on: we need only its client.
 """
 
 import asyncio
@@ -95,7 +94,10 @@ class DiskStorage:
             file.close()
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        path = self._path(key)  # and any temp file of its save: a crash's is listed as its key
+        temps = await asyncio.to_thread(list, path.parent.glob(f".{key}*.part"))
+        for each in [path, *temps]:
+            await asyncio.to_thread(each.unlink, missing_ok=True)
 
     async def keys(self) -> AsyncIterator[tuple[str, datetime]]:
         # A thread hop per folder: memory holds one folder's listing, not the whole tree.
@@ -131,10 +133,11 @@ def _folders(root: Path) -> list[Path]:
 def _files(folder: Path) -> list[tuple[str, datetime]]:
     found = []
     for path in folder.iterdir():
-        # Temp files of saves in flight, and strays, are not keys: a sweep must not see them.
-        if KEY.fullmatch(path.name) and path.name[:2] == folder.name:
+        # A save's temp file is listed as its key: young, the sweep spares it; old, it goes.
+        key = path.name[1:33] if path.name[0] == "." and path.suffix == ".part" else path.name
+        if KEY.fullmatch(key) and key[:2] == folder.name:
             with suppress(FileNotFoundError):  # deleted since the listing
-                found.append((path.name, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+                found.append((key, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
     return found
 
 
@@ -224,8 +227,7 @@ class S3Storage:
             await asyncio.shield(asyncio.to_thread(buffer.close))
 
     def open(self, key: str) -> AsyncIterator[bytes]:
-        # Checked here, not in the generator: a bad key fails at the call, not at first read.
-        return self._read(check_key(key))
+        return self._read(check_key(key))  # checked at the call, as on disk
 
     async def _read(self, key: str) -> AsyncIterator[bytes]:
         s3 = await self._s3()
@@ -287,8 +289,7 @@ class Files:
             self._storage = make_storage()
         return self._storage
 
-    async def start(self) -> None:
-        pass
+    async def start(self) -> None: ...  # the storage is made on first use
 
     async def stop(self) -> None:
         storage, self._storage = self._storage, None

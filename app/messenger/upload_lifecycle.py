@@ -64,9 +64,10 @@ async def expire(conn: AsyncConnection) -> None:
 
 
 async def sweep(conn: AsyncConnection) -> None:
-    """Hourly: bytes an hour old that no live row names are deleted, and live rows whose
-    bytes are missing are marked deleted. The storage's keys are held in memory meanwhile
-    (about 100 bytes each). A storage that cannot be reached fails no other chore."""
+    """Hourly: bytes an hour old that no live row names are deleted (a save a crash cut
+    short too), and live rows whose bytes are missing are marked deleted. The storage's keys
+    are held in memory meanwhile (about 100 bytes each). A storage that cannot be reached
+    fails no other chore."""
     if not settings.is_sqlite:
         lock = text("SELECT pg_try_advisory_xact_lock(:key)")
         if not (await conn.execute(lock, {"key": SWEEP_LOCK})).scalar_one():

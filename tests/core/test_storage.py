@@ -159,12 +159,12 @@ async def test_keys_lists_what_was_saved(backend: Backend) -> None:
 
 
 async def test_keys_skips_what_is_not_a_key(backend: Backend, s3_client: Any) -> None:
-    """A save in flight or a stranger's file is no orphan for the sweep to delete."""
+    """A stranger's file is no orphan for the sweep to delete."""
     key = new_key()
     await backend.storage.save(key, chunked(b"x"))
     if isinstance(backend.storage, DiskStorage):
         folder = backend.storage.root / key[:2]
-        (folder / f".{key}.tmp123.part").write_bytes(b"x")  # a save in flight
+        (folder / ".DS_Store").write_bytes(b"x")
         (folder / ("ff" * 16 if key[:2] != "ff" else "00" * 16)).write_bytes(b"x")  # misplaced
         (folder / "notes.txt").write_bytes(b"x")
     else:
@@ -174,6 +174,19 @@ async def test_keys_skips_what_is_not_a_key(backend: Backend, s3_client: Any) ->
     assert key in listed and all(KEY.fullmatch(k) for k in listed)
     if backend.name == "disk":  # the bucket is shared with the other tests
         assert listed == [key]
+
+
+async def test_a_save_cut_short_is_listed_and_deleted_by_its_key(tmp_path: Path) -> None:
+    """A killed process leaves its save's temp file on disk: listed under its key, the sweep
+    can tell a save in flight (young) from one cut short (old) and delete it by its key."""
+    storage = DiskStorage(tmp_path)
+    key = new_key()
+    temp = tmp_path / key[:2] / f".{key}.k3x9_a1b.part"  # as save names it
+    temp.parent.mkdir()
+    temp.write_bytes(b"half a file")
+    assert list(await stored(storage)) == [key]
+    await storage.delete(key)
+    assert not temp.exists()
 
 
 @pytest.mark.parametrize("bad", BAD_KEYS)

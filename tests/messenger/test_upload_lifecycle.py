@@ -147,6 +147,20 @@ async def test_the_sweep_spares_young_orphans(disk: Backend) -> None:
     assert await disk.holds(young) and not await disk.holds(old)
 
 
+async def test_the_sweep_deletes_what_a_killed_save_left(disk: Backend) -> None:
+    """A process killed mid-upload leaves the temp file of its save: once old, it goes;
+    young, it may be a save in flight, and stays."""
+    keys = secrets.token_hex(16), secrets.token_hex(16)
+    young, old = [disk.root / key[:2] / f".{key}.k3x9_a1b.part" for key in keys]
+    for temp in young, old:
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(b"half a file")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    await runner.chore()
+    assert young.exists() and not old.exists()
+
+
 async def test_a_failed_purge_is_retried(
     client: AsyncClient,
     make_user: MakeUser,
