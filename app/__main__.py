@@ -30,6 +30,6 @@ if __name__ == "__main__":
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips or "",
         log_config=None,  # the root logger above formats uvicorn's lines too
-        access_log=False,  # ours (app.core.http.RequestLog) leaves the query string out
+        access_log=False,  # ours (app.core.middleware.RequestLog) leaves the query string out
         **WEBSOCKET_OPTIONS,
     )

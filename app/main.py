@@ -20,6 +20,7 @@ from app.core.events import bus
 from app.core.feature import Feature, core
 from app.core.jobs import runner
 from app.core.logs import redact_server_logs
+from app.core.middleware import API
 from app.core.settings import settings
 from app.messenger.feature import messenger
 
@@ -108,7 +109,7 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
     redact_server_logs()
     for feature in features:
         for router in feature.routers:
-            app.include_router(router, prefix=http.API)
+            app.include_router(router, prefix=API)
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
         metrics.POOL.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]

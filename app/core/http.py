@@ -1,17 +1,13 @@
-"""The HTTP layer: what wraps every request (the request log and security headers, the
-body's deadline and size), the route class that reads JSON strictly, and the one place
-where exceptions become FastAPI's error shape. Nothing else raises HTTPException."""
+"""The HTTP layer: the middlewares installed (app.core.middleware), the route class that
+reads JSON strictly, and the one place where exceptions become FastAPI's error shape."""
 
-import asyncio
 import json
 import logging
 import re
-import time
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,27 +15,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core import metrics
 from app.core.errors import DomainError, Invalid
-from app.core.settings import settings
+from app.core.middleware import BodyGuard, RequestLog
 
-log = logging.getLogger("app.access")
-
-API = "/api"  # where every route of the contract lives
-MAX_BODY_SIZE = 1024 * 1024
-UPLOAD_FRAMING = 64 * 1024  # a multipart body's boundaries and part headers
-SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-JSON_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # How uvicorn serves WebSockets, wherever it is started. Clients have nothing to send but
 # pings: a message over 4 KiB closes the socket (1009) before more of it is read, and no
 # compression is offered, so no small frame can inflate into a big one.
@@ -49,121 +29,6 @@ WEBSOCKET_OPTIONS: dict[str, Any] = {
     "ws_ping_interval": 20,  # heartbeats, so dead sockets are dropped
     "ws_ping_timeout": 20,
 }
-
-
-class RequestLog:
-    """One structured log line per request, under an id the response carries as
-    X-Request-ID; plus the headers a JSON API should send.
-
-    Only the path is logged, never the query: a WebSocket's token travels there.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        started, code = time.perf_counter(), 0
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Request-ID", request_id)
-                for name, value in JSON_HEADERS.items():
-                    headers.setdefault(name, value)
-                if scope["path"].startswith(API + "/"):  # the docs pages need their scripts
-                    headers.setdefault("Content-Security-Policy", API_CSP)
-            elif message["type"] == "websocket.accept":
-                code = 101
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            elapsed = time.perf_counter() - started
-            if settings.metrics_enabled and scope["type"] == "http":
-                # The template of the route that answered; API routes know it below the prefix.
-                route = getattr(scope.get("route"), "path", "unmatched")
-                if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
-                    route = API + route
-                metrics.REQUESTS.labels(scope["method"], route, code or 500).inc()
-                metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
-            fields = {
-                "request_id": request_id,
-                "method": scope.get("method", "WS"),
-                "path": scope["path"],
-                "status": code or 500,
-                "ms": round(elapsed * 1000, 2),
-                "client": (scope.get("client") or ("", 0))[0],
-            }
-            log.info("request", extra={"fields": fields})
-
-
-class BodyGuard:
-    """What a request body may cost the server. It must have arrived within
-    REQUEST_BODY_TIMEOUT_SECONDS of the request's start: else 408 and the connection is
-    closed (the app sees the client as gone, and whatever it would answer is dropped). And
-    it is at most 1 MiB (a multipart upload: MAX_UPLOAD_BYTES and its framing), refused
-    before it is read when its Content-Length says so, else as soon as it passes.
-
-    Nothing is held meanwhile: bodies are read before a route's dependencies take a turn
-    or a connection (app.core.db.turn)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        multipart = headers.get("content-type", "").startswith("multipart/form-data")
-        limit = settings.max_upload_bytes + UPLOAD_FRAMING if multipart else MAX_BODY_SIZE
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            too_large = JSONResponse(
-                {"detail": "Content Too Large"}, status_code=413, headers={"Connection": "close"}
-            )
-            return await too_large(scope, receive, send)
-        deadline = time.monotonic() + settings.request_body_timeout_seconds
-        late, size = False, 0
-
-        async def guarded_receive() -> Message:
-            nonlocal late, size
-            if late:
-                return {"type": "http.disconnect"}
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                late = True
-                return {"type": "http.disconnect"}
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "Content Too Large")
-            return message
-
-        async def send_unless_late(message: Message) -> None:
-            if not late:
-                await send(message)
-
-        try:
-            await self.app(scope, guarded_receive, send_unless_late)
-        except Exception:
-            if not late:
-                raise
-        if late:
-            timeout = JSONResponse(
-                {"detail": "Request body timed out"},
-                status_code=status.HTTP_408_REQUEST_TIMEOUT,
-                headers={"Connection": "close"},  # uvicorn closes the connection after it
-            )
-            await timeout(scope, receive, send)
 
 
 class StrictJsonRequest(Request):

@@ -1,0 +1,152 @@
+"""What wraps every request before a route sees it: the request log and the headers a JSON
+API sends (RequestLog), the body's deadline and size (BodyGuard). app.core.http installs
+them."""
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from fastapi import status
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core import metrics
+from app.core.settings import settings
+
+log = logging.getLogger("app.access")
+
+API = "/api"  # where every route of the contract lives
+MAX_BODY_SIZE = 1024 * 1024
+UPLOAD_FRAMING = 64 * 1024  # a multipart body's boundaries and part headers
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+JSON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+class RequestLog:
+    """One structured log line per request, under an id the response carries as
+    X-Request-ID; plus the headers a JSON API should send.
+
+    Only the path is logged, never the query: a WebSocket's token travels there.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, code = time.perf_counter(), 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                for name, value in JSON_HEADERS.items():
+                    headers.setdefault(name, value)
+                if scope["path"].startswith(API + "/"):  # the docs pages need their scripts
+                    headers.setdefault("Content-Security-Policy", API_CSP)
+            elif message["type"] == "websocket.accept":
+                code = 101
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            if settings.metrics_enabled and scope["type"] == "http":
+                # The template of the route that answered; API routes know it below the prefix.
+                route = getattr(scope.get("route"), "path", "unmatched")
+                if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
+                    route = API + route
+                metrics.REQUESTS.labels(scope["method"], route, code or 500).inc()
+                metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
+            fields = {
+                "request_id": request_id,
+                "method": scope.get("method", "WS"),
+                "path": scope["path"],
+                "status": code or 500,
+                "ms": round(elapsed * 1000, 2),
+                "client": (scope.get("client") or ("", 0))[0],
+            }
+            log.info("request", extra={"fields": fields})
+
+
+class BodyGuard:
+    """What a request body may cost the server. It must have arrived within
+    REQUEST_BODY_TIMEOUT_SECONDS of the request's start: else 408. And it is at most 1 MiB
+    (a multipart upload: MAX_UPLOAD_BYTES and its framing): else 413, before it is read
+    when its Content-Length says so, else as soon as it passes. Either way the app sees the
+    client as gone, whatever it would answer is dropped, and the connection is closed.
+
+    Nothing is held meanwhile: bodies are read before a route's dependencies take a turn
+    or a connection (app.core.db.turn)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        limit = settings.max_upload_bytes + UPLOAD_FRAMING if multipart else MAX_BODY_SIZE
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return await refusal(TOO_LARGE)(scope, receive, send)
+        deadline = time.monotonic() + settings.request_body_timeout_seconds
+        refused: tuple[int, str] | None = None
+        size = 0
+
+        # An exception raised here would reach the route as a body it could not parse (400):
+        # the app is told the client left instead, and the refusal is sent from here.
+        async def guarded_receive() -> Message:
+            nonlocal refused, size
+            if refused:
+                return {"type": "http.disconnect"}
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                refused = TIMED_OUT
+                return {"type": "http.disconnect"}
+            size += len(message.get("body", b""))
+            if size > limit:
+                refused = TOO_LARGE
+                return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, send_unless_refused)
+        except Exception:
+            if not refused:
+                raise
+        if refused:
+            await refusal(refused)(scope, receive, send)
+
+
+TIMED_OUT = (status.HTTP_408_REQUEST_TIMEOUT, "Request body timed out")
+TOO_LARGE = (status.HTTP_413_CONTENT_TOO_LARGE, "Content Too Large")
+
+
+def refusal(reason: tuple[int, str]) -> JSONResponse:
+    code, detail = reason
+    # uvicorn closes the connection after it: the rest of the body is never read.
+    return JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
