@@ -92,6 +92,7 @@ class BodyGuard:
     (a multipart upload: MAX_UPLOAD_BYTES and its framing): else 413, before it is read
     when its Content-Length says so, else as soon as it passes. Either way the app sees the
     client as gone, whatever it would answer is dropped, and the connection is closed.
+    Once the body is in, its deadline is over: a download takes as long as its reader.
 
     Nothing is held meanwhile: bodies are read before a route's dependencies take a turn
     or a connection (app.core.db.turn)."""
@@ -110,12 +111,14 @@ class BodyGuard:
             return await refusal(TOO_LARGE)(scope, receive, send)
         deadline = time.monotonic() + settings.request_body_timeout_seconds
         refused: tuple[int, str] | None = None
-        size = 0
+        size, whole, started = 0, False, False
 
         # An exception raised here would reach the route as a body it could not parse (400):
         # the app is told the client left instead, and the refusal is sent from here.
         async def guarded_receive() -> Message:
-            nonlocal refused, size
+            nonlocal refused, size, whole
+            if whole:  # what follows is the client leaving, whenever it does (a long download)
+                return await receive()
             if refused:
                 return {"type": "http.disconnect"}
             try:
@@ -127,10 +130,13 @@ class BodyGuard:
             if size > limit:
                 refused = TOO_LARGE
                 return {"type": "http.disconnect"}
+            whole = not message.get("more_body", False)
             return message
 
         async def send_unless_refused(message: Message) -> None:
+            nonlocal started
             if not refused:
+                started = True
                 await send(message)
 
         try:
@@ -138,7 +144,7 @@ class BodyGuard:
         except Exception:
             if not refused:
                 raise
-        if refused:
+        if refused and not started:  # a response begun before the body was in stays cut short
             await refusal(refused)(scope, receive, send)
 
 

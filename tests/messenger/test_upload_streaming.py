@@ -112,6 +112,29 @@ async def test_a_slow_body_times_out_and_leaves_nothing(
     assert metrics.UPLOADS_IN_FLIGHT._value.get() == 0
 
 
+async def test_a_download_may_take_longer_than_a_body_may(
+    client: httpx.AsyncClient,
+    live_server: str,
+    make_user: MakeUser,
+    disk: Backend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The body deadline is for what the client sends: a slow reader gets the whole file.
+    (While it streams, the response listens for the client leaving: the request's receive.)"""
+    me = await make_user()
+    data = os.urandom(8 * MiB)  # more than the sockets' buffers hold
+    up = await upload(client, me, data, "big.bin")
+    monkeypatch.setattr(settings, "request_body_timeout_seconds", 1.0)
+    async with (
+        httpx.AsyncClient(base_url=f"http://{live_server}") as http,
+        http.stream("GET", f"/api/uploads/{up['id']}", headers=me.headers) as r,
+    ):
+        assert r.status_code == 200
+        await asyncio.sleep(1.5)  # the server waits on a full socket past the deadline
+        got = await r.aread()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
 async def test_the_limit_is_decided_as_the_row_is_written(
     client: httpx.AsyncClient,
     live_server: str,
