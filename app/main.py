@@ -105,7 +105,7 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    http.install(app)
+    http.install(app, upload_paths=[path for f in features for path in f.upload_paths])
     redact_server_logs()
     for feature in features:
         for router in feature.routers:

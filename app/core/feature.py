@@ -1,5 +1,6 @@
-"""A feature, as the app is assembled from it (app/main.py): its routes, what it subscribes
-to, its background jobs and chores, and what runs at start and stop. The core is one."""
+"""A feature, as the app is assembled from it (app/main.py): its routes (and which take
+uploads), what it subscribes to, its background jobs and chores, and what runs at start and
+stop. The core is one."""
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class Feature:
     chores: Sequence[Chore] = ()  # hourly, in a transaction (pruning)
     startup: Sequence[Callable[[], Awaitable[None]]] = ()  # once, before serving
     services: Sequence[Service] = ()  # started after the event bus, stopped before it
+    # Full paths whose multipart bodies may reach MAX_UPLOAD_BYTES (others: 1 MiB).
+    upload_paths: Sequence[str] = ()
 
 
 async def prune_counters(conn: AsyncConnection) -> None:

@@ -4,7 +4,7 @@ reads JSON strictly, and the one place where exceptions become FastAPI's error s
 import json
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, status
@@ -101,8 +101,8 @@ def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5)
 BUSY_STATES = ("08", "53", "57P", "57014", "40001", "40P01")
 
 
-def install(app: FastAPI) -> None:
-    app.add_middleware(BodyGuard)
+def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
+    app.add_middleware(BodyGuard, upload_paths=upload_paths)
     app.add_middleware(RequestLog)
 
     @app.exception_handler(DomainError)

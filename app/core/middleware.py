@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Collection
 
 from fastapi import status
 from fastapi.responses import JSONResponse
@@ -89,7 +90,8 @@ class RequestLog:
 class BodyGuard:
     """What a request body may cost the server. It must have arrived within
     REQUEST_BODY_TIMEOUT_SECONDS of the request's start: else 408. And it is at most 1 MiB
-    (a multipart upload: MAX_UPLOAD_BYTES and its framing): else 413, before it is read
+    (a multipart upload to one of `upload_paths`: MAX_UPLOAD_BYTES and its framing): else
+    413, before it is read
     when its Content-Length says so, else as soon as it passes. Either way the app sees the
     client as gone, whatever it would answer is dropped, and the connection is closed.
     Once the body is in, its deadline is over: a download takes as long as its reader.
@@ -97,15 +99,18 @@ class BodyGuard:
     Nothing is held meanwhile: bodies are read before a route's dependencies take a turn
     or a connection (app.core.db.turn)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, upload_paths: Collection[str] = ()) -> None:
         self.app = app
+        self.upload_paths = frozenset(upload_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
+        # The path decides, not the client's Content-Type alone: that would lift every route's.
         multipart = headers.get("content-type", "").startswith("multipart/form-data")
-        limit = settings.max_upload_bytes + UPLOAD_FRAMING if multipart else MAX_BODY_SIZE
+        upload = multipart and scope["path"] in self.upload_paths
+        limit = settings.max_upload_bytes + UPLOAD_FRAMING if upload else MAX_BODY_SIZE
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return await refusal(TOO_LARGE)(scope, receive, send)

@@ -41,4 +41,5 @@ messenger = Feature(
     jobs={PURGE: upload_lifecycle.purge},
     chores=[upload_lifecycle.expire, upload_lifecycle.sweep, upload_lifecycle.measure],
     services=[hub],
+    upload_paths=["/api/uploads"],
 )

@@ -63,6 +63,20 @@ async def test_bodies_over_1_mib_are_413_before_parsing(
 
 
 @API4
+async def test_a_multipart_content_type_does_not_lift_the_limit(client: AsyncClient) -> None:
+    """Only routes that take uploads read more than 1 MiB, whatever the client claims."""
+    body = b"x" * (2 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+    for content in (body, chunks()):
+        r = await client.post("/api/auth/signup", content=content, headers=headers)
+        assert r.status_code == 413, r.text
+
+
+@API4
 async def test_a_full_request_queue_answers_503(tmp_path: Path) -> None:
     # Parallel logins of one email are counted before they are checked: allow them all.
     env = {"MAX_CONCURRENT_REQUESTS": "1", "REQUEST_QUEUE_SIZE": "2"}
