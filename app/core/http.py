@@ -32,15 +32,22 @@ WEBSOCKET_OPTIONS: dict[str, Any] = {
 
 
 class StrictJsonRequest(Request):
-    """JSON as the standard library reads it, except text no column can store: a lone
-    surrogate or NUL is refused (422) wherever it sits. Only a `\\u` escape can carry them."""
+    """JSON as the standard library reads it, in UTF-8 only (RFC 8259: JSON between systems
+    is UTF-8), except text no column can store: a lone surrogate or NUL is refused (422)
+    wherever it sits. In UTF-8 only a `\\u` escape can carry them: the decoder refuses an
+    encoded surrogate, the parser a raw control character. Each refusal is a JSON error."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            value = json.loads(body)
-            if b"\\u" in body and _odd_text(value):
-                raise json.JSONDecodeError("lone surrogate or NUL in text", body.decode(), 0)
+            try:
+                text = body.decode("utf-8-sig")  # a BOM is tolerated, as json.loads does
+            except UnicodeDecodeError as e:
+                doc = body.decode(errors="replace")
+                raise json.JSONDecodeError("not UTF-8", doc, e.start) from e
+            value = json.loads(text)
+            if "\\u" in text and _odd_text(value):
+                raise json.JSONDecodeError("lone surrogate or NUL in text", text, 0)
             self._json = value
         return self._json
 

@@ -26,6 +26,24 @@ async def test_lone_surrogates_and_nul_in_json_are_422(client: AsyncClient, path
     assert r.status_code == 400
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+async def test_json_that_is_not_utf_8_is_422(client: AsyncClient, encoding: str) -> None:
+    """JSON between systems is UTF-8 (RFC 8259). The standard library reads UTF-16 and
+    UTF-32 too, where a lone surrogate or NUL would slip past the check above."""
+    headers = {"Content-Type": "application/json"}
+    for token in ('"\\ud800"', '"\\u0000"', '"unknown"'):
+        body = '{"token": ' + token + ', "password": "a new passphrase"}'
+        for path in ("/api/auth/verify-email", "/api/auth/password-reset/confirm"):
+            r = await client.post(path, content=body.encode(encoding), headers=headers)
+            assert r.status_code == 422, (path, token, r.text)
+    email = f"nul-{encoding}@example.com"
+    body = '{"email": "' + email + '", "password": "' + PASSWORD + '\\u0000", "full_name": "N"}'
+    r = await client.post("/api/auth/signup", content=body.encode(encoding), headers=headers)
+    assert r.status_code == 422
+    account = {"email": email, "password": PASSWORD, "full_name": "N"}
+    assert (await client.post("/api/auth/signup", json=account)).status_code == 201  # not 409
+
+
 async def test_text_that_grows_when_lowered_is_refused_or_unknown(client: AsyncClient) -> None:
     """`"İ".lower()` is two characters: 320 of them pass a 320 limit and then do not."""
     r = await client.post("/api/auth/token", data={"username": "İ" * 320, "password": "x"})
