@@ -91,10 +91,10 @@ class BodyGuard:
     """What a request body may cost the server. It must have arrived within
     REQUEST_BODY_TIMEOUT_SECONDS of the request's start: else 408. And it is at most 1 MiB
     (a multipart upload to one of `upload_paths`: MAX_UPLOAD_BYTES and its framing): else
-    413, before it is read
-    when its Content-Length says so, else as soon as it passes. Either way the app sees the
-    client as gone, whatever it would answer is dropped, and the connection is closed.
-    Once the body is in, its deadline is over: a download takes as long as its reader.
+    413, before it is read when its Content-Length says so, else as soon as it passes.
+    Either way the app sees the client as gone, whatever it would answer is dropped, and
+    the connection is closed. Once the body is in, its deadline is over: a download takes
+    as long as its reader.
 
     Nothing is held meanwhile: bodies are read before a route's dependencies take a turn
     or a connection (app.core.db.turn)."""

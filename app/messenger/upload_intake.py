@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.core import metrics
 from app.core.db import begin, connect
 from app.core.errors import Invalid, TooLarge
-from app.core.http import UPLOAD_FRAMING
+from app.core.middleware import UPLOAD_FRAMING
 from app.core.settings import settings
 from app.core.storage import files
 from app.messenger.upload_models import UploadOut
