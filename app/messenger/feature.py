@@ -3,6 +3,7 @@ app/messenger/ and its two lines in app/main.py (its import, its entry in FEATUR
 
 from app.core.events import Listening, UserChanged, UserDeleted, in_transaction, on
 from app.core.feature import Feature
+from app.core.middleware import API
 from app.messenger import (
     block_routes,
     message_routes,
@@ -41,5 +42,5 @@ messenger = Feature(
     jobs={PURGE: upload_lifecycle.purge},
     chores=[upload_lifecycle.expire, upload_lifecycle.sweep, upload_lifecycle.measure],
     services=[hub],
-    upload_paths=["/api/uploads"],
+    upload_paths=[API + upload_routes.router.prefix],  # POST /api/uploads
 )
