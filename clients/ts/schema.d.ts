@@ -325,7 +325,7 @@ export interface paths {
         head?: never;
         /**
          * Change a user (admin)
-         * @description Changing `scopes` needs a superuser token, so does changing an admin. Deactivating revokes the user's tokens. A new `email` applies at once, unverified, and is mailed a verification. Nobody deactivates or demotes themselves here (403); the last active superuser stays one (409).
+         * @description Changing `scopes` needs a superuser token, so does changing an admin. Deactivating revokes the user's tokens. A new `email` applies at once, unverified, and is mailed a verification. Nobody deactivates or demotes themselves here, nor changes their own email or turns their own two-factor login off (403); the last active superuser stays one (409).
          */
         patch: operations["users-update_user"];
         trace?: never;
