@@ -119,12 +119,11 @@ async def log_in(
     # Nothing about a second factor before this line: a wrong password answers alike.
     if not ok or user is None or not user.is_active:
         raise Unauthorized("Incorrect email or password")
-    if settings.email_verification_required and not user.email_verified:
-        raise Forbidden("Email not verified")
-    if user.two_factor_enabled and not otp:
-        async with begin() as conn:
+    unverified = settings.email_verification_required and not user.email_verified
+    if unverified or (user.two_factor_enabled and not otp):
+        async with begin() as conn:  # a good password is no failed login, nor a login
             await attempt.withdrawn(conn)
-        raise Unauthorized(CODE_REQUIRED)
+        raise Forbidden("Email not verified") if unverified else Unauthorized(CODE_REQUIRED)
     async with begin() as conn:
         await attempt.succeeded(conn)
         # A wrong code rolls this back: the attempt stays counted, as a failed login.
