@@ -218,10 +218,10 @@ class S3Storage:
                 abort = s3.abort_multipart_upload(**where, UploadId=upload_id)
                 try:
                     await asyncio.shield(abort)
-                except Exception:
-                    # The save's own error is the one to raise; a bucket lifecycle rule
-                    # (AbortIncompleteMultipartUpload) collects what is left.
-                    log.warning("could not abort the upload of %s", key, exc_info=True)
+                except Exception as exc:
+                    # The save's error is the one to raise; a bucket lifecycle rule collects
+                    # the parts. Not the key, nor the error's text: uploads are logged by id.
+                    log.warning("could not abort an unfinished upload: %s", type(exc).__name__)
             raise
         finally:
             await asyncio.shield(asyncio.to_thread(buffer.close))
