@@ -148,9 +148,15 @@ class Hub:
                     conn.close(CLOSE_BAD_TOKEN)
 
     def too_late(self, event: ThreadEvent) -> None:
-        """An event came after later ones of its thread went out: its sockets catch up."""
+        """An event came after later ones of its thread went out."""
         log.warning("event of thread %d came too late to be in order", event.thread_id)
-        for conn in list(self.threads.get(event.thread_id, ())):
+        self.missed(event)
+
+    def missed(self, event: ThreadEvent) -> None:
+        """An event this process could not hand on in order: every socket it was for (a
+        member it adds too, whose socket is in no thread's set yet) reconnects and catches
+        up from the changes feed."""
+        for conn in self.targets(event):
             conn.close(CLOSE_RESTART)
 
     def listening(self, event: Listening) -> None:
@@ -176,15 +182,20 @@ class Hub:
                 self.waiting.discard(wait)
         return bus.connected
 
+    def targets(self, event: ThreadEvent) -> set[Connection]:
+        """The sockets of the thread, of the users the event adds or removes, and those
+        still loading their threads."""
+        targets = self.threads.get(event.thread_id, set()) | self.loading
+        if event.kind in ("member.added", "member.removed"):
+            targets |= self.users.get(event.data.get("user_id", 0), set())
+        elif event.kind == "thread.created":  # read back, when it was too big to travel
+            for member in event.data.get("members", ()):
+                targets |= self.users.get(member["id"], set())
+        return targets
+
     def dispatch(self, event: ThreadEvent) -> None:
         message = json.dumps(event.socket_message(), separators=(",", ":"))  # once for all
-        targets = set(self.threads.get(event.thread_id, ()))
-        if event.kind in ("member.added", "member.removed"):
-            targets |= self.users.get(event.data["user_id"], set())
-        elif event.kind == "thread.created":
-            for member in event.data["members"]:
-                targets |= self.users.get(member["id"], set())
-        for conn in targets | self.loading:
+        for conn in self.targets(event):
             conn.handle(event, message)
 
     async def run(self) -> None:
@@ -195,8 +206,9 @@ class Hub:
                 if event.data.get("ref"):
                     event = await load(event)
                 self.dispatch(event)
-            except Exception:  # one bad event must not stop the hub
+            except Exception:  # one bad event must not stop the hub, nor leave a silent gap
                 log.exception("could not dispatch %s", event.kind)
+                self.missed(event)
 
     async def start(self) -> None:
         self.tasks.append(asyncio.create_task(self.run()))
@@ -216,7 +228,8 @@ async def load(event: ThreadEvent) -> ThreadEvent:
     async with connect() as conn:
         if event.kind.startswith(("message.", "reaction.")):
             message = await Messages(conn).get(event.data["id"])
-            assert message is not None
+            if message is None:  # deleted since: the changes feed has its tombstone
+                raise LookupError(f"message {event.data['id']} is gone")
             data = message.model_dump(mode="json")
         else:
             view = await Threads(conn).view(event.thread_id, 0)
@@ -233,21 +246,25 @@ async def events(websocket: WebSocket, token: str = "") -> None:
     """Events of the caller's threads; see the API description for their shapes."""
     # Accept first: a close code can only travel on an accepted socket.
     await websocket.accept()
-    caller = await callers.get(token, connect)
-    if caller is None or "regular" not in caller.granted:
+    if (claims := callers.claims(token)) is None:  # not ours, expired, or a refresh token
         await websocket.close(CLOSE_BAD_TOKEN)
         return
-    conn = Connection(hub, caller.id, caller.session_id, websocket)
+    # Registered before its user is read: a revocation heard from here on closes it, one
+    # committed before is in what is read. Read first, one could pass in between unseen.
+    conn = Connection(hub, claims.sub, claims.sid, websocket)
     if not hub.connect(conn):
         await websocket.close(CLOSE_TOO_MANY)
         return
     loop = asyncio.get_running_loop()
-    expiry = loop.call_later(max(0.0, caller.expires - time.time()), conn.close, CLOSE_BAD_TOKEN)
+    expiry = loop.call_later(max(0.0, claims.exp - time.time()), conn.close, CLOSE_BAD_TOKEN)
     tasks: set[asyncio.Task[None]] = set()
     try:  # whatever fails from here on, the socket is unregistered
+        caller = await callers.get(token, connect)
         # `ready` promises every later commit: not while events may go unheard. Should the
         # listener drop from here until `ready`, the hub closes this socket with 1012.
-        if await hub.heard():
+        if caller is None or "regular" not in caller.granted:
+            conn.close(CLOSE_BAD_TOKEN)
+        elif await hub.heard():
             async with connect() as session:
                 thread_ids = await Threads(session).ids_of(caller.id)
             hub.ready(conn, thread_ids)
