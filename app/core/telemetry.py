@@ -26,6 +26,7 @@ OTEL = (
     "opentelemetry.instrumentation.fastapi",
     "opentelemetry.instrumentation.sqlalchemy",
 )
+SAFE_HEADERS = frozenset({"host", "user-agent", "content-type", "content-length", "x-request-id"})
 URL_ATTRIBUTES = frozenset({"http.url", "http.target", "url.full", "url.query"})
 _provider: Any = None  # the TracerProvider once installed, for shutdown()
 
@@ -41,7 +42,14 @@ def install(app: FastAPI, engine: AsyncEngine) -> None:
     global _provider
     if settings.sentry_dsn and installed("sentry_sdk"):
         importlib.import_module("sentry_sdk").init(
-            dsn=settings.sentry_dsn, environment=settings.environment, before_send=scrub_event
+            dsn=settings.sentry_dsn,
+            environment=settings.environment,
+            before_send=scrub_event,
+            # A report must not carry what the request carried: frames' local variables
+            # hold bodies (passwords, tokens) and scopes (the Authorization header).
+            include_local_variables=False,
+            max_request_body_size="never",
+            send_default_pii=False,
         )
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
@@ -80,11 +88,18 @@ def install(app: FastAPI, engine: AsyncEngine) -> None:
 
 
 def scrub_event(event: dict[str, Any], _: Any) -> dict[str, Any]:
-    """Sentry's hook before an event leaves: the request's URL without its query."""
+    """Sentry's hook before an event leaves: the request's URL without its query, and none
+    of its body, cookies or headers but the harmless ones; no frame's variables."""
     request = event.get("request") or {}
-    request.pop("query_string", None)
+    for key in ("query_string", "data", "cookies"):
+        request.pop(key, None)
     if isinstance(request.get("url"), str):
         request["url"] = request["url"].split("?")[0]
+    if isinstance(headers := request.get("headers"), dict):
+        request["headers"] = {k: v for k, v in headers.items() if k.lower() in SAFE_HEADERS}
+    for exception in (event.get("exception") or {}).get("values") or ():
+        for frame in (exception.get("stacktrace") or {}).get("frames") or ():
+            frame.pop("vars", None)
     return event
 
 
