@@ -42,6 +42,9 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY migrations/ ./migrations/
 COPY app/ ./app/
+# Uploads are kept on disk here (UPLOAD_DIR's default, in the working directory, which the
+# app's user may not write): a folder of its own, for a volume (compose.yaml) to take over.
+RUN mkdir uploads && chown 10001:10001 uploads
 
 # Numeric, so the runtime can tell it is not root without reading /etc/passwd.
 USER 10001:10001

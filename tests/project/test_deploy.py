@@ -155,3 +155,8 @@ def test_the_apps_channel_as_compose_sets_it(events_url: str, channel: str) -> N
     result = run([sys.executable, "-c", code], cwd=ROOT, env={**env, "EVENTS_URL": events_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == channel
+
+
+def test_uploads_outlive_the_container(compose: dict[str, Any]) -> None:
+    assert "uploads:/app/uploads" in compose["services"]["app"].get("volumes", [])
+    assert "uploads" in compose["volumes"]

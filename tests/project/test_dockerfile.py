@@ -148,3 +148,13 @@ def test_dockerignore_keeps_local_state_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".env", "**/*.db", "tests", "bench"} <= ignored
+
+
+def test_the_app_user_may_write_its_upload_folder(final_stage: list[tuple[str, str]]) -> None:
+    """The working directory is root's: without a folder of its own, every upload fails."""
+    workdir = next(args for keyword, args in final_stage if keyword == "WORKDIR")
+    user = next(args for keyword, args in final_stage if keyword == "USER")
+    runs = [args for keyword, args in final_stage if keyword == "RUN"]
+    assert workdir == "/app" and any(
+        "mkdir uploads" in run and f"chown {user} uploads" in run for run in runs
+    ), "no folder for uploads that the app's user owns"
