@@ -29,6 +29,7 @@ JSON_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
@@ -71,11 +72,15 @@ class RequestLog:
             elapsed = time.perf_counter() - started
             if settings.metrics_enabled and scope["type"] == "http":
                 # The template of the route that answered; API routes know it below the prefix.
-                route = getattr(scope.get("route"), "path", "unmatched")
-                if scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
+                route = getattr(scope.get("route"), "path", None)
+                if route is None:
+                    route = "unmatched"
+                elif scope["path"].startswith(API + "/") and not route.startswith(API + "/"):
                     route = API + route
-                metrics.REQUESTS.labels(scope["method"], route, code or 500).inc()
-                metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
+                # Labels from a fixed set only: a client's invented methods make no series.
+                method = scope["method"] if scope["method"] in METHODS else "other"
+                metrics.REQUESTS.labels(method, route, code or 500).inc()
+                metrics.LATENCY.labels(method, route).observe(elapsed)
             fields = {
                 "request_id": request_id,
                 "method": scope.get("method", "WS"),

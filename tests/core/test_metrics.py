@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import generate_latest
 
+from app.core.settings import settings
 from tests.servers import serve
 
 
@@ -21,3 +24,16 @@ def test_metrics_by_route_template(tmp_path: Path) -> None:
     assert 'http_request_duration_seconds_bucket{le="0.005",method="GET"' in text
     for name in ("websockets_open", "events_delivered_total", "db_pool_checked_out"):
         assert f"\n{name}" in text, name
+
+
+async def test_a_clients_methods_and_paths_make_no_series_of_their_own(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers other than uvicorn's default pass any method on: labels come from a fixed set."""
+    monkeypatch.setattr(settings, "metrics_enabled", True)
+    for n in range(3):
+        await client.request(f"INVENTED{n}", "/api/health")
+    assert (await client.get("/api/no/such/path")).status_code == 404
+    text = generate_latest().decode()
+    assert "INVENTED" not in text and 'method="other"' in text
+    assert 'route="unmatched"' in text and "/apiunmatched" not in text
