@@ -83,9 +83,14 @@ class Runner:
                         continue
                     try:
                         await smtp.send_message(message)
-                    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
-                        # This one was refused; the connection still serves the others.
-                        log.warning("mail %d refused, will retry", row.id)
+                    except (OSError, TimeoutError):
+                        # The connection is lost (aiosmtplib's disconnects and timeouts are
+                        # these too): the rest waits its retry.
+                        raise
+                    except Exception as exc:
+                        # This one alone: refused, or it cannot go to this server (a non-ASCII
+                        # address without SMTPUTF8); the connection still serves the others.
+                        log.warning("mail %d not sent, will retry: %s", row.id, type(exc).__name__)
                         continue
                     sent.append(row.id)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

@@ -1,7 +1,7 @@
 """The outbox's delivery guarantees, through a real SMTP server (aiosmtpd on a free
-port): nothing for a rolled-back request, retries through an outage, each mail once
-from two processes, and no token in a server's log. Verification and password reset
-end to end: test_mail.py."""
+port): nothing for a rolled-back request, retries through an outage, none held back by
+one the server cannot take, each mail once from two processes, and no token in a
+server's log. Verification and password reset end to end: test_mail.py."""
 
 import asyncio
 import subprocess
@@ -47,6 +47,32 @@ async def test_mail_waits_out_an_smtp_outage(client: httpx.AsyncClient, inbox: I
     assert len(inbox.to("patient@example.com")) == 1
     rows = await fetch("SELECT sent_at, data FROM mail")
     assert rows[0][0] is not None and "token" not in str(rows[0][1])  # no token kept
+
+
+async def test_a_mail_the_server_cannot_take_holds_back_no_other(
+    client: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    """After an outage the mails are due together, in the order they were queued: the first
+    one, to an address that needs SMTPUTF8, fails alone and the others go out."""
+    inbox.controller.stop()
+    for email in ("üser@example.com", "next1@example.com", "next2@example.com"):
+        assert (await signup(client, email)).status_code == 201
+    deadline = time.monotonic() + 10
+    while (await fetch("SELECT min(attempts) FROM mail"))[0][0] < 1:  # each tried in vain
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    # Back without SMTPUTF8, as Amazon SES's SMTP interface, for one
+    inbox.controller = Controller(
+        inbox, hostname="127.0.0.1", port=inbox.port, enable_SMTPUTF8=False
+    )
+    inbox.controller.start()
+    await inbox.wait("next1@example.com")
+    await inbox.wait("next2@example.com")
+    [(sent, pending)] = await fetch(
+        'SELECT sent_at, next_attempt_at FROM mail WHERE "to" = :to', to="üser@example.com"
+    )
+    assert sent is None and pending is not None  # waits for its own retry
+    assert inbox.to("üser@example.com") == []
 
 
 # ----------------------------------------------------------------- real processes
