@@ -8,9 +8,9 @@ SQL (below) on prepared statements, one round trip each and in the app's order, 
 the same JSON. A page: the thread (membership), the messages, then their reactions,
 mentions and attachments, one statement each even when they find nothing. A send (a plain
 message, as the bench's are): one statement for the sender's send count (the rate limit),
-the thread's row lock and version, the message and the sender's read marker, committed
-as it runs; then a NOTIFY of the `message.created` event in the app's wire
-format.
+the thread's row lock and version, the sender's membership's lock, the message and the
+sender's read marker, committed as it runs; then a NOTIFY of the `message.created` event
+in the app's wire format.
 
 It loads the caller's row on every request: the app remembers it per process
 (app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
@@ -125,9 +125,9 @@ ATTACHMENTS_SQL = (  # ... and its attachments (Uploads.of)
 )
 # POST .../messages (Messages.send, a plain message): one statement
 # (message_send.send_statement) counts the send against the sender's limit, takes the
-# thread's row lock (checking membership), inserts the message at the next version, counts
-# it on the thread and moves the sender's read marker, committed as it runs; then the
-# event's NOTIFY.
+# thread's row lock and the sender's membership's, inserts the message at the next version,
+# counts it on the thread and moves the sender's read marker, committed as it runs; then
+# the event's NOTIFY.
 SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thread,
     # $7 the limit's key, $8 the limit's window start if it passed, $9 sends allowed
     "WITH counted AS (INSERT INTO login_counter (key, count, window_start) "
@@ -137,10 +137,10 @@ SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thr
     "ELSE login_counter.window_start END "
     "RETURNING login_counter.count, login_counter.window_start), "
     "locked AS (SELECT thread.id AS id, thread.version AS version FROM thread "
+    "JOIN membership ON membership.thread_id = thread.id "
     "WHERE (SELECT counted.count FROM counted) <= $9 AND thread.id = $6 "
-    "AND thread.deleted = false AND (EXISTS (SELECT * FROM membership "
-    "WHERE membership.thread_id = $6 AND membership.user_id = $2 "
-    "AND membership.deleted = false)) FOR UPDATE), "
+    "AND thread.deleted = false AND membership.user_id = $2 "
+    "AND membership.deleted = false FOR UPDATE OF thread, membership), "
     "inserted AS (INSERT INTO message (thread_id, author_id, body, client_id, reply_to_id, "
     "version, created_at, updated_at, deleted) SELECT locked.id AS id, $2 AS anon_1, "
     "$3::VARCHAR AS anon_2, $4::VARCHAR AS anon_3, $5::INTEGER AS anon_4, "

@@ -10,7 +10,6 @@ from app.core.models import UTCDateTime, table
 from app.core.repository import live
 from app.messenger.message_models import Message
 from app.messenger.thread_models import Membership, Thread
-from app.messenger.threads import is_member
 
 messages, threads, memberships = table(Message), table(Thread), table(Membership)
 columns = [c for c in messages.c if c.name != "deleted"]
@@ -19,24 +18,28 @@ columns = [c for c in messages.c if c.name != "deleted"]
 def send_statement() -> Select[Any]:
     """PostgreSQL: a send's writes in one statement, one round trip under the thread's lock.
     `counted` counts the send against its sender's limit (app.core.limits: repeats count,
-    sends past the limit too), and past the limit nothing else happens; `locked` takes the
-    lock of a live thread the author is a member of; `inserted` is the message at the
-    thread's next version, unless its client_id was sent before; `bumped` counts that
-    change on the thread (a repeat changes nothing, so counts nothing); `marked` moves the
-    author's read marker to it. One row: the sender's count and its window's start (`sent`,
-    `since`), the thread (`locked_id`; null: past the limit, or no such thread) and the
-    message (nulls: a repeat, or nothing sent). (Parameters are not named after columns:
+    sends past the limit too), and past the limit nothing else happens; `locked` locks a
+    live thread and the author's live membership of it, in that order (a leave's): after a
+    wait PostgreSQL rereads the rows it locked, so a leave committed meanwhile counts (a
+    sub-select would read the membership as of the statement's start); `inserted` is the
+    message at the thread's next version, unless its client_id was sent before; `bumped`
+    counts that change on the thread (a repeat changes nothing, so counts nothing); `marked`
+    moves the author's read marker to it. One row: the sender's count and its window's start
+    (`sent`, `since`), the thread (`locked_id`; null: past the limit, or no such thread) and
+    the message (nulls: a repeat, or nothing sent). (Parameters are not named after columns:
     in a WITH, SQLAlchemy would take those for values to set.)"""
     counted = limits.counting.cte("counted")
     locked = (
         select(threads.c.id, threads.c.version)
+        .join(memberships, memberships.c.thread_id == threads.c.id)
         .where(
             select(counted.c.count).scalar_subquery() <= bindparam("allowed", type_=Integer()),
             threads.c.id == bindparam("to_thread"),
             live(threads),
-            is_member(bindparam("to_thread"), bindparam("by_user")),
+            memberships.c.user_id == bindparam("by_user"),
+            live(memberships),
         )
-        .with_for_update()
+        .with_for_update(of=[threads, memberships])
         .cte("locked")
     )
     at = bindparam("at", type_=UTCDateTime())

@@ -85,16 +85,25 @@ class Threads(Repository[ThreadRow]):
             .returning(*columns)
         )
 
+    # Asked again once the lock is held: a bump that waited for it rereads the thread's row,
+    # but PostgreSQL reads the membership as of the bump's start, before a leave committed
+    # meanwhile. A new statement sees it; membership changes take turns on the lock, so the
+    # answer holds until the commit. (SQLite runs one writer at a time: nothing to wait for.)
+    _still_member = select(is_member(bindparam("thread_id"), bindparam("member_id")))
+
     async def bump(
         self, thread_id: int, member_id: int, step: int = 1, *, admin: bool = False, **values: Any
     ) -> ThreadRow:
         """Lock a live thread the caller is a member of (any live thread, for an admin) and
         count a change: versions are handed out in commit order. NotFound when it is gone
-        (deleted a moment ago). `step=0` only locks it, for a change that may turn out to
-        be none."""
+        (deleted, or left, a moment ago). `step=0` only locks it, for a change that may
+        turn out to be none."""
         params = {f"new_{name}": value for name, value in values.items()}
         params |= {"thread_id": thread_id, "member_id": member_id, "step": step}
         row = (await self.conn.execute(self._bump(frozenset(values), admin), params)).first()
+        recheck = row is not None and not admin and not settings.is_sqlite
+        if recheck and not (await self.conn.execute(self._still_member, params)).scalar():
+            row = None
         if row is None:
             raise NotFound("Thread not found")
         return self.load(row)

@@ -8,7 +8,9 @@ from typing import Any
 import httpx
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 
+from app.core.db import engine
 from app.main import app
 from tests.helpers import (
     API1,
@@ -19,6 +21,7 @@ from tests.helpers import (
     listen,
     new_thread,
     next_event,
+    pg_only,
     send,
 )
 
@@ -204,6 +207,40 @@ async def test_concurrent_leaves_keep_an_owner(client: AsyncClient, make_user: M
             assert not deleted and owner_id in {m for (m,) in members}
         else:
             assert deleted
+
+
+@pg_only
+@API1
+@pytest.mark.parametrize("write", ["send", "edit", "delete"])
+async def test_a_write_waiting_on_its_removal_is_404(
+    client: AsyncClient, make_user: MakeUser, write: str
+) -> None:
+    """A member's write that waits for the thread's lock while a removal commits (made as
+    Threads.leave makes it: the thread locked and counted, then the membership soft-deleted)
+    is no member's write: 404, and nothing lands."""
+    owner, member = await make_user(), await make_user()
+    thread = await new_thread(client, owner, member)
+    mine = await send(client, member, thread["id"], "before")
+    url = f"/api/threads/{thread['id']}/messages"
+    method, url, body = {
+        "send": ("POST", url, {"body": "after"}),
+        "edit": ("PATCH", f"{url}/{mine['id']}", {"body": "after"}),
+        "delete": ("DELETE", f"{url}/{mine['id']}", None),
+    }[write]
+    ids = {"t": thread["id"], "u": member["id"]}
+    async with engine.connect() as removal:
+        await removal.execute(text("UPDATE thread SET version = version + 1 WHERE id = :t"), ids)
+        waiting = asyncio.create_task(
+            client.request(method, url, json=body, headers=member.headers)
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # it waits for the thread's lock
+        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
+        await removal.execute(text(sql), ids)
+        await removal.commit()
+    assert (await waiting).status_code == 404
+    left = await fetch("SELECT id, body, deleted, version FROM message WHERE thread_id = :t", **ids)
+    assert left == [(mine["id"], "before", False, mine["version"])]
 
 
 @API3
