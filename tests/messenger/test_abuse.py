@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -35,6 +36,7 @@ from tests.helpers import (
 from tests.servers import clean_env, start
 
 pg_only = pytest.mark.skipif(settings.is_sqlite, reason="needs PostgreSQL")
+MEMBERSHIP = "SELECT 1 FROM membership WHERE thread_id = :t AND user_id = :u"
 
 
 @API1
@@ -82,6 +84,30 @@ async def test_a_deletion_racing_its_own_new_thread_leaves_the_user_in_no_thread
             id=victim["id"],
         )
         assert live == [], round
+
+
+@pg_only
+@API1
+async def test_a_send_and_its_authors_deletion_do_not_deadlock(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """The send holds its thread's lock, then names its author (a foreign key); the deletion
+    holds the author, then asks for each of its threads' locks."""
+    owner, author = await make_user(), await make_user()
+    thread = await new_thread(client, owner, author)
+    ids = {"t": thread["id"], "u": author["id"]}
+    async with engine.connect() as hold:
+        # The send takes the thread's lock, then waits for the author's membership here.
+        await hold.execute(text(f"{MEMBERSHIP} FOR UPDATE"), ids)
+        url = f"/api/threads/{thread['id']}/messages"
+        sending = asyncio.create_task(client.post(url, json={"body": "."}, headers=author.headers))
+        await asyncio.sleep(0.3)
+        deleting = asyncio.create_task(client.delete("/api/users/me", headers=author.headers))
+        await asyncio.sleep(0.3)  # it holds the author and waits for the thread's lock
+        assert not sending.done() and not deleting.done()
+        await hold.rollback()
+    sent, gone = await sending, await deleting
+    assert (sent.status_code, gone.status_code) == (201, 204), (sent.text, gone.text)
 
 
 @API4

@@ -96,7 +96,14 @@ class Users(Repository[UserRow]):
         await self.change(user_id, deleted=True)
         publish(self.conn, UserDeleted(user_id=user_id))
 
-    _lock = select(users).where(users.c.id == bindparam("id"), live(users)).with_for_update()
+    # FOR NO KEY UPDATE: rows that name the user (a message it sends) take their foreign
+    # key's share lock alongside it, else a send holding its thread's lock and a deletion
+    # holding the user, then asking for the thread, would deadlock.
+    _lock = (
+        select(users)
+        .where(users.c.id == bindparam("id"), live(users))
+        .with_for_update(key_share=True)
+    )
 
     async def lock(self, user_id: int) -> UserRow:
         """The live user, locked until the transaction ends. Locks are taken in one order
