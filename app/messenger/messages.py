@@ -161,13 +161,15 @@ class Messages(Repository[MessageOut]):
         """SQLite: one writer at a time anyway; the same steps, one statement each."""
         # Counted across processes, repeats too; past the limit nothing else happens.
         await limits.limit(self.conn, key, messenger_settings.messages_per_minute, MINUTE)
-        thread = await Threads(self.conn).bump(
-            params["thread_id"], params["author_id"], last_message_at=params["now"]
-        )
-        params = {**params, "version": thread.version}
+        # Locked first, counted once a message is in: a repeat changes nothing, so it
+        # neither takes a version nor moves the thread up the list.
+        thread_id, author_id, now = params["thread_id"], params["author_id"], params["now"]
+        thread = await Threads(self.conn).bump(thread_id, author_id, step=0)
+        params = {**params, "version": thread.version + 1}
         row = (await self.conn.execute(self._insert_row, params)).first()
         if row is not None:
-            await Markers(self.conn).move_marker(params["thread_id"], params["author_id"], row.id)
+            await Threads(self.conn).bump(thread_id, author_id, last_message_at=now, updated_at=now)
+            await Markers(self.conn).move_marker(thread_id, author_id, row.id)
         return row
 
     async def _send_at_once(self, params: dict[str, Any], key: str) -> Any:

@@ -97,6 +97,27 @@ async def test_same_client_id_returns_the_original(
     assert len(rows) == 3
 
 
+async def test_a_repeat_changes_nothing_of_the_thread(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """A repeat is no new activity: the thread keeps its version and its place in the list."""
+    me, other = await make_user(), await make_user()
+    older = await new_thread(client, me, other, title="older")
+    body = {"body": "once", "client_id": "abc"}
+    await send(client, me, older["id"], **body)
+    newer = await new_thread(client, me, other, title="newer")
+    await send(client, me, newer["id"])
+    url = f"/api/threads/{older['id']}"
+    before = (await client.get(url, headers=me.headers)).json()
+    again = await client.post(messages_url(older), json=body, headers=me.headers)
+    assert again.status_code == 200
+    after = (await client.get(url, headers=me.headers)).json()
+    assert after["version"] == before["version"]
+    assert after["last_message_at"] == before["last_message_at"]
+    listed = (await client.get("/api/threads", headers=me.headers)).json()["items"]
+    assert [t["title"] for t in listed] == ["newer", "older"]
+
+
 @API3
 async def test_resending_a_deleted_client_id_is_409_and_silent(
     client: AsyncClient, live_server: str, make_user: MakeUser
