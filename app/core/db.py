@@ -52,6 +52,12 @@ if settings.is_sqlite:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+        # SQLite's lower() folds ASCII letters only: searches that ignore case use this one
+        # (app.core.repository.contains), which folds every letter, as PostgreSQL's does.
+        conn.create_function("unicode_lower", 1, _lower, deterministic=True)
+
+    def _lower(value: str | None) -> str | None:
+        return None if value is None else value.lower()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _sqlite_begin(conn: Any) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     false,
+    func,
     insert,
     literal,
     select,
@@ -221,6 +222,16 @@ class Keyset:
             params |= dict(zip(self.keys, after, strict=True))
         rows = (await conn.execute(self.first if after is None else self.after, params)).all()
         return rows[:limit], len(rows) > limit
+
+
+def contains(column: ColumnElement[str], text: str) -> ColumnElement[bool]:
+    """`column` contains `text`, in any case; `%`, `_` and `\\` in it are plain characters.
+    On SQLite, whose ILIKE lowers ASCII letters only, both sides are lowered by Python's
+    str.lower (`unicode_lower`, registered in app.core.db)."""
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    if settings.is_sqlite:
+        return func.unicode_lower(column).like(pattern.lower(), escape="\\")
+    return column.ilike(pattern, escape="\\")
 
 
 def in_ids(column: ColumnElement[int], name: str) -> ColumnElement[bool]:

@@ -64,6 +64,23 @@ async def test_list_users_filter_and_deleted(client: AsyncClient, make_user: Mak
     assert alice["id"]
 
 
+async def test_list_users_filter_ignores_case_of_any_letter(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    admin = await make_user(scopes=["regular", "admin"])
+    await make_user(full_name="Émile Ünal")
+    await make_user(full_name="Zoë Ärger")
+
+    async def names(q: str) -> set[str]:
+        r = await client.get("/api/users", params={"q": q}, headers=admin.headers)
+        assert r.status_code == 200
+        return {u["full_name"] for u in r.json()["items"]}
+
+    assert await names("émile") == await names("ÜNAL") == {"Émile Ünal"}
+    assert await names("ZOË ä") == {"Zoë Ärger"}
+    assert await names("ë_ä") == await names("ë%") == set()  # wildcards still literal
+
+
 async def test_admin_updates_user(client: AsyncClient, make_user: MakeUser) -> None:
     admin = await make_user(scopes=["regular", "admin"])
     user = await make_user()

@@ -13,7 +13,7 @@ from app.core.errors import NotFound
 from app.core.events import UserChanged, UserDeleted, publish
 from app.core.models import Page, table, utcnow
 from app.core.outbox import Outbox
-from app.core.repository import Keyset, Repository, encode_cursor, live
+from app.core.repository import Keyset, Repository, contains, encode_cursor, live
 from app.core.settings import settings
 
 users, sessions, tokens = table(User), table(AuthSession), table(MailToken)
@@ -63,13 +63,7 @@ class Users(Repository[UserRow]):
     ) -> Page[UserRow]:
         stmt = self.select(include_deleted=include_deleted)
         if q:
-            pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            stmt = stmt.where(
-                or_(
-                    users.c.email.ilike(pattern, escape="\\"),
-                    users.c.full_name.ilike(pattern, escape="\\"),
-                )
-            )
+            stmt = stmt.where(or_(contains(users.c.email, q), contains(users.c.full_name, q)))
         rows, more = await Keyset(stmt, [users.c.id]).page(self.conn, limit, after)
         items = [self.load(r) for r in rows]
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
