@@ -12,7 +12,9 @@ SAMPLE_SECRET_KEYS = {"", DEV_SECRET_KEY, "changethis", "change-me"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty variable is an unset one: compose passes `${VAR:-}` for what it may leave
+    # out, and an empty SMTP_USERNAME must not be a login to try.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["development", "production"] = "development"
     # The app's title in the docs, and the issuer authenticator apps show for its codes.

@@ -160,3 +160,18 @@ def test_the_apps_channel_as_compose_sets_it(events_url: str, channel: str) -> N
 def test_uploads_outlive_the_container(compose: dict[str, Any]) -> None:
     assert "uploads:/app/uploads" in compose["services"]["app"].get("volumes", [])
     assert "uploads" in compose["volumes"]
+
+
+def test_compose_passes_the_smtp_login_through(tmp_path: Path) -> None:
+    login = {"SMTP_USERNAME": "mailer", "SMTP_PASSWORD": "s3cret", "SMTP_SECURITY": "tls"}
+    app_env = resolved_services(tmp_path, SMTP_HOST="smtp.example.com", **login)["app"]
+    assert {k: app_env["environment"][k] for k in login} == login
+
+
+def test_an_empty_variable_is_an_unset_setting(tmp_path: Path) -> None:
+    """What compose leaves out arrives as "": no empty login is tried on the SMTP server."""
+    code = "from app.core.settings import settings as s; print(s.smtp_username, s.smtp_port)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SMTP_USERNAME": "", "SMTP_PORT": ""}
+    result = run([sys.executable, "-c", code], cwd=tmp_path, env=env)  # no .env there
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None 587"
