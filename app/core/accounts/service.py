@@ -34,35 +34,37 @@ CODE_REQUIRED, BAD_CODE = "Two-factor code required", "Invalid two-factor code"
 class Attempt:
     """A password attempt, counted under its email and its client address before it is
     checked, so parallel guesses cannot slip past the limits. It stays counted (a failed
-    login) unless it is taken back."""
+    login) unless it is taken back. Its counters' keys: `email:…` and `addr:…`."""
 
-    email: str
-    address: str
+    email_key: str
+    address_key: str
     email_window: datetime
     address_window: datetime
 
     async def succeeded(self, conn: AsyncConnection) -> None:
         """A good password: the email's failures are forgotten, and this attempt does not
         count against the address (an office behind one address logs in all morning)."""
-        await limits.forget(conn, f"email:{self.email}")
-        await limits.uncount(conn, f"addr:{self.address}", self.address_window)
+        await limits.forget(conn, self.email_key)
+        await limits.uncount(conn, self.address_key, self.address_window)
 
     async def withdrawn(self, conn: AsyncConnection) -> None:
         """No attempt after all (a good password that is no login: sent without its second
         factor, or asked again to change the account): taken back from both counts, while
         the email's earlier failures stay, so a good password alone cannot wipe out failed
         guesses of the code."""
-        await limits.uncount(conn, f"email:{self.email}", self.email_window)
-        await limits.uncount(conn, f"addr:{self.address}", self.address_window)
+        await limits.uncount(conn, self.email_key, self.email_window)
+        await limits.uncount(conn, self.address_key, self.address_window)
 
 
-async def count_attempt(conn: AsyncConnection, email: str, address: str) -> Attempt:
+async def count_attempt(conn: AsyncConnection, email: str, address: str, kind: str = "") -> Attempt:
+    """Counted under the login limits; with a `kind` (`reset:`), in counts of its own."""
     window = timedelta(seconds=settings.login_failure_window_seconds)
+    keys = f"{kind}email:{email}", f"{kind}addr:{address}"
     allowed = settings.login_failures_per_email
-    by_email = await limits.limit(conn, f"email:{email}", allowed, window, TooManyAttempts)
+    by_email = await limits.limit(conn, keys[0], allowed, window, TooManyAttempts)
     allowed = settings.login_failures_per_address
-    by_address = await limits.limit(conn, f"addr:{address}", allowed, window, TooManyAttempts)
-    return Attempt(email, address, by_email, by_address)
+    by_address = await limits.limit(conn, keys[1], allowed, window, TooManyAttempts)
+    return Attempt(*keys, by_email, by_address)
 
 
 async def verified(user: Caller | UserRow, password: str, address: str) -> tuple[UserRow, Attempt]:
@@ -201,11 +203,8 @@ async def resend_verification(conn: AsyncConnection, caller: Caller) -> bool:
 async def request_reset(email: str, address: str) -> None:
     """Limited per email and per address as logins are, under keys of their own: asking
     for resets uses up no login allowance of an office behind one address."""
-    window = timedelta(seconds=settings.login_failure_window_seconds)
     async with begin() as conn:
-        await limits.limit(conn, f"reset:email:{email}", settings.login_failures_per_email, window)
-        allowed = settings.login_failures_per_address
-        await limits.limit(conn, f"reset:addr:{address}", allowed, window)
+        await count_attempt(conn, email, address, kind="reset:")
     async with begin() as conn:  # the same row for every email: the user is looked up later
         await Outbox(conn).queue("reset-request", email)
 
