@@ -192,13 +192,26 @@ async def listen(server: str, user: User, **kwargs: Any) -> ClientConnection:
     return ws
 
 
-async def next_event(ws: ClientConnection, timeout: float = 5) -> Any:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+def _known(event: Any, since: int | None) -> bool:
+    """A change the client has seen already: committed before `ready`, it may come or not."""
+    version = event.get("version")
+    return since is not None and version is not None and version <= since
 
 
-async def assert_silent(ws: ClientConnection, wait: float = 0.3) -> None:
+async def next_event(ws: ClientConnection, timeout: float = 5, since: int | None = None) -> Any:
+    """The next event; with `since`, the next one but changes of a thread up to that version."""
+    while _known(event := json.loads(await asyncio.wait_for(ws.recv(), timeout)), since):
+        pass
+    return event
+
+
+async def assert_silent(ws: ClientConnection, wait: float = 0.3, since: int | None = None) -> None:
+    """Nothing arrives for `wait` seconds, but changes up to `since` that may come or not."""
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(ws.recv(), wait)
+        async with asyncio.timeout(wait):
+            while True:
+                event = json.loads(await ws.recv())
+                assert _known(event, since), event
 
 
 async def close_code(ws: ClientConnection, timeout: float = 5) -> int | None:

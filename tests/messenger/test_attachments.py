@@ -47,7 +47,7 @@ async def test_attachments_in_the_order_given_on_every_message(
     assert message["body"] == ""  # with an attachment, a body may be empty
     assert message["attachments"] == [c, a, b]
 
-    event = await next_event(ws)
+    event = await next_event(ws, since=thread["version"])
     assert event["type"] == "message.created" and event["data"]["attachments"] == [c, a, b]
     plain = await send(client, me, thread["id"], "no files")
     assert plain["attachments"] == []

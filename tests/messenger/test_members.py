@@ -279,7 +279,7 @@ async def test_deleting_an_account_leaves_its_threads(
     else:
         r = await client.delete("/api/users/me", headers=owner.headers)
     assert r.status_code == 204
-    removed = await next_event(ws)
+    removed = await next_event(ws, since=shared["version"])
     assert removed["type"] == "member.removed" and removed["thread_id"] == shared["id"]
     assert removed["data"] == {"user_id": owner["id"]}
     assert (await next_event(ws))["type"] == "thread.updated"

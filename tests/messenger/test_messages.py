@@ -128,10 +128,11 @@ async def test_resending_a_deleted_client_id_is_409_and_silent(
     body = {"body": "the secret plan", "client_id": "c-1"}
     message = (await client.post(url, json=body, headers=me.headers)).json()
     await client.delete(f"{url}/{message['id']}", headers=me.headers)
+    seen = (await client.get(f"/api/threads/{thread['id']}", headers=me.headers)).json()
     ws = await listen(live_server, friend)
     r = await client.post(url, json=body, headers=me.headers)
     assert r.status_code == 409 and "secret plan" not in r.text
-    await assert_silent(ws)
+    await assert_silent(ws, since=seen["version"])
     await ws.close()
 
 

@@ -213,7 +213,7 @@ async def test_a_change_bumps_the_versions_and_is_published(
     added = r.json()
     assert added["version"] == before + 1 == await thread_version(client, me, thread["id"])
     assert added["reactions"][1] == {"emoji": "👍", "count": 1, "me": True}
-    event = await next_event(ws)
+    event = await next_event(ws, since=before)
     assert event["type"] == "reaction.added" and event["thread_id"] == thread["id"]
     assert event["version"] == added["version"]
     # Events go to every member alike: no reaction is `me` in them.

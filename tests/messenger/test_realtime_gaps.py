@@ -36,7 +36,7 @@ async def test_an_event_whose_message_is_gone_when_read_back_closes_with_1012(
     thread = await new_thread(client, me, friend)
     ws = await listen(live_server, friend)
     message = await send(client, me, thread["id"], "soon gone")
-    assert (await next_event(ws))["type"] == "message.created"
+    assert (await next_event(ws, since=thread["version"]))["type"] == "message.created"
     path = f"/api/threads/{thread['id']}/messages/{message['id']}"
     assert (await client.delete(path, headers=me.headers)).status_code == 204
     deleted = await next_event(ws)
@@ -55,7 +55,7 @@ async def test_a_member_added_too_late_closes_the_new_members_sockets_too(
     thread = await new_thread(client, me, friend)
     ws_friend, ws_newcomer = await listen(live_server, friend), await listen(live_server, newcomer)
     await send(client, me, thread["id"], "after the add, in commit order")
-    sent = await next_event(ws_friend)
+    sent = await next_event(ws_friend, since=thread["version"])
     added = {"user_id": newcomer["id"]}
     bus.deliver(ThreadEvent("member.added", thread["id"], added, sent["version"] - 1))
     assert await close_code(ws_friend) == 1012

@@ -164,7 +164,7 @@ async def test_mentions_travel_with_the_message(
     thread = await new_thread(client, me, b)
     ws = await listen(live_server, b)
     sent = await send(client, me, thread["id"], "lunch with b", mention_ids=[b["id"]])
-    event = await next_event(ws)
+    event = await next_event(ws, since=thread["version"])
     assert event["type"] == "message.created" and event["data"]["mention_ids"] == [b["id"]]
     r = await client.get(f"/api/threads/{thread['id']}/changes", headers=b.headers)
     assert [m["mention_ids"] for m in r.json()["items"]] == [[b["id"]]]
@@ -218,7 +218,7 @@ async def test_thread_events_carry_no_counts(
     thread = await new_thread(client, b, me)
     ws = await listen(live_server, b)
     await send(client, me, thread["id"], "b!", mention_ids=[b["id"]])
-    assert (await next_event(ws))["type"] == "message.created"
+    assert (await next_event(ws, since=thread["version"]))["type"] == "message.created"
     r = await client.patch(f"/api/threads/{thread['id']}", json={"title": "x"}, headers=b.headers)
     assert r.json()["unread_mention_count"] == 1  # b's own view
     event = await next_event(ws)

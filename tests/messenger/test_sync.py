@@ -202,14 +202,14 @@ async def test_read_receipts(client: AsyncClient, live_server: str, make_user: M
         await client.post(read, json={"message_id": second["id"]}, headers=friend.headers)
     ).status_code == 204
     for ws in sockets:
-        event = await next_event(ws)
+        event = await next_event(ws, since=version)
         assert event["type"] == "thread.read" and event["thread_id"] == tid
         assert event["data"] == {"user_id": friend["id"], "message_id": second["id"]}
     # Backwards: nothing changes, nothing is sent.
     r = await client.post(read, json={"message_id": first["id"]}, headers=friend.headers)
     assert r.status_code == 204
     for ws in sockets:
-        await assert_silent(ws)
+        await assert_silent(ws, since=version)
         await ws.close()
     members = (await client.get(f"/api/threads/{tid}/members", headers=me.headers)).json()
     assert members[1]["last_read_message_id"] == second["id"]
@@ -254,9 +254,10 @@ async def test_every_event_carries_the_threads_version(
     await check("member.removed")
     await client.delete(f"/api/threads/{tid}/members/{me['id']}", headers=me.headers)
     await check("member.removed")  # the owner leaves: ownership passes on, same change
+    known = await version_now()
     ws2 = await listen(live_server, friend)
     await client.delete(f"/api/threads/{tid}", headers=friend.headers)
-    event = await next_event(ws2)
+    event = await next_event(ws2, since=known)
     assert event["type"] == "thread.deleted" and event["version"] == await version_now()
     await ws.close()
     await ws2.close()
