@@ -3,7 +3,6 @@ reads JSON strictly, and the one place where exceptions become FastAPI's error s
 
 import json
 import logging
-import re
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from app.core.errors import DomainError, Invalid
 from app.core.middleware import BodyGuard, RequestLog
@@ -139,13 +139,18 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
 
     @app.exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED)
     async def method_not_allowed(request: Request, _: Exception) -> JSONResponse:
-        """405 with an Allow header that lists every route on the path, not just the first."""
-        paths, path = app.openapi()["paths"], request.url.path
-        operations: dict[str, Any] = paths.get(path) or next(  # as the router picks: the first fit
-            (ops for t, ops in paths.items() if re.fullmatch(re.sub(r"{[^}]+}", "[^/]+", t), path)),
-            {},
-        )
-        allowed = {method.upper() for method in operations}
+        """405 with an Allow header that lists every route on the path, not just the first.
+        The path is the router's first fit, found as the router finds it: by the routes'
+        own convertors, the docs' routes too (the schema lists neither)."""
+        routes = app.router.routes
+        fit = next((r for r in routes if r.matches(request.scope)[0] is Match.PARTIAL), None)
+        path = getattr(fit, "path", None)
+        allowed = {
+            m
+            for r in routes
+            if path and getattr(r, "path", None) == path
+            for m in getattr(r, "methods", None) or ()
+        }
         return JSONResponse(
             {"detail": "Method Not Allowed"},
             status_code=status.HTTP_405_METHOD_NOT_ALLOWED,

@@ -51,6 +51,10 @@ async def test_what_the_fuzzer_found_stays_fixed(client: AsyncClient, make_user:
 async def test_405_lists_every_method_of_the_path(client: AsyncClient) -> None:
     assert (await client.put("/api/users/lookup")).headers["allow"] == "GET"
     assert (await client.put("/api/health")).headers["allow"] == "GET"
+    # The docs and the schema are routes too, though the schema does not list them.
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        r = await client.post(path)
+        assert r.status_code == 405 and "GET" in r.headers["allow"].split(", "), path
 
 
 @API3

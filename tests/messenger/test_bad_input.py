@@ -54,6 +54,9 @@ async def test_what_the_fuzzer_found_stays_fixed(client: AsyncClient, make_user:
 async def test_405_lists_every_method_of_the_path(client: AsyncClient) -> None:
     r = await client.options("/api/threads/1")
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, PATCH"
+    for emoji in ("a/b", ""):  # what the reaction's own rule refuses, not the router
+        r = await client.post(f"/api/threads/1/messages/1/reactions/{emoji}")
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, PUT", emoji
 
 
 @API3
