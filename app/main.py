@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
@@ -97,14 +96,6 @@ def create_app(features: Sequence[Feature]) -> FastAPI:
         generate_unique_id_function=operation_id,
         swagger_ui_parameters={"validatorUrl": None},  # it would call out to swagger.io
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
-        )
     http.install(app, upload_paths=[path for f in features for path in f.upload_paths])
     redact_server_logs()
     for feature in features:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -19,6 +20,7 @@ from starlette.routing import Match
 
 from app.core.errors import DomainError, Invalid
 from app.core.middleware import BodyGuard, RequestLog
+from app.core.settings import settings
 
 # How uvicorn serves WebSockets, wherever it is started. Clients have nothing to send but
 # pings: a message over 4 KiB closes the socket (1009) before more of it is read, and no
@@ -110,6 +112,14 @@ BUSY_STATES = ("08", "53", "57P", "57014", "40001", "40P01")
 
 def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
     app.add_middleware(BodyGuard, upload_paths=upload_paths)
+    if settings.cors_origins:  # around BodyGuard: a browser must be able to read its 413 and 408
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(RequestLog)
 
     @app.exception_handler(DomainError)

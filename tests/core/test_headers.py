@@ -5,8 +5,13 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from httpx import AsyncClient
 
+from app.core.accounts.feature import accounts
+from app.core.feature import core
+from app.core.settings import settings
+from app.main import create_app
 from tests.helpers import API8
 from tests.servers import serve
 
@@ -56,3 +61,21 @@ def test_cors_origins_from_settings(tmp_path: Path) -> None:
             f"{base}/api/users/me", headers={"Origin": "https://evil.example", **preflight}
         )
         assert "access-control-allow-origin" not in r.headers
+
+
+@API8
+async def test_a_body_refused_before_any_route_carries_cors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A browser shows its page an answer only with the CORS headers: a body too large
+    (or too slow) is refused before any route, and must reach the origins allowed too."""
+    monkeypatch.setattr(settings, "cors_origins", ["https://app.example"])
+    transport = httpx.ASGITransport(app=create_app([core, accounts]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post(
+            "/api/auth/signup",
+            content=b"x" * (1024 * 1024 + 1),
+            headers={"Origin": "https://app.example", "Content-Type": "application/json"},
+        )
+    assert r.status_code == 413
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
