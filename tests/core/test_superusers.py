@@ -108,3 +108,29 @@ async def test_two_superusers_removing_each_other_leave_one(
         "SELECT id FROM \"user\" WHERE NOT deleted AND is_active AND CAST(scopes AS TEXT) LIKE '%superuser%'"
     )
     assert len(left) == 1
+
+
+@API5
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("PATCH", {"scopes": ["regular"]}), ("PATCH", {"is_active": False}), ("DELETE", None)],
+)
+async def test_a_superuser_removed_while_its_request_waited_cannot_remove_another(
+    client: AsyncClient, make_user: MakeUser, method: str, body: Any
+) -> None:
+    """With a third superuser, the last one's rule does not stop the loser: its token was
+    checked before the winner committed, and must not act on the power it lost since."""
+    a = await make_user(scopes=["regular", "admin", "superuser"])
+    b = await make_user(scopes=["regular", "admin", "superuser"])
+    await make_user(scopes=["regular", "admin", "superuser"])
+    replies = await asyncio.gather(
+        client.request(method, f"/api/users/{b['id']}", json=body, headers=a.headers),
+        client.request(method, f"/api/users/{a['id']}", json=body, headers=b.headers),
+    )
+    codes = sorted(r.status_code for r in replies)
+    # The loser is refused: demoted (403), or its token revoked before it was read (401).
+    assert codes[0] in (200, 204) and codes[-1] in (401, 403), codes
+    left = await fetch(
+        "SELECT id FROM \"user\" WHERE NOT deleted AND is_active AND CAST(scopes AS TEXT) LIKE '%superuser%'"
+    )
+    assert len(left) == 2

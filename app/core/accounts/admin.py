@@ -37,14 +37,19 @@ async def lookup(conn: AsyncConnection, email: str) -> UserRow:
     return found
 
 
-async def _managed(users: Users, admin: Caller, user_id: int) -> tuple[UserRow, list[int]]:
-    """The target locked (after the superusers, always in that order: no deadlock), and
-    the active superusers. A fellow admin is changed only by a superuser."""
+async def _managed(users: Users, admin: Caller, user_id: int) -> tuple[UserRow, list[int], Caller]:
+    """The target locked (after the superusers, always in that order: no deadlock), the
+    active superusers, and the caller as it stands now. A fellow admin is changed only by
+    a superuser."""
     superusers = await users.lock_superusers()
+    if admin.id not in superusers:
+        # The token was checked before this request waited for the superusers' locks: a
+        # demotion, deactivation or deletion of its user that committed meanwhile wins.
+        admin = admin.model_copy(update={"granted": admin.granted - {"superuser"}})
     target = await users.lock(user_id)
     if {"admin", "superuser"} & set(target.scopes) and "superuser" not in admin.granted:
         raise Forbidden("Only a superuser can change an admin")
-    return target, superusers
+    return target, superusers, admin
 
 
 def _keep_a_superuser(target: UserRow, superusers: list[int]) -> None:
@@ -56,7 +61,7 @@ async def update_user(
     conn: AsyncConnection, admin: Caller, user_id: int, body: UserUpdate
 ) -> UserRow:
     users = Users(conn)
-    target, superusers = await _managed(users, admin, user_id)
+    target, superusers, admin = await _managed(users, admin, user_id)
     changes = body.model_dump(exclude_unset=True)
     # Only `false` passes validation: for a user who lost both device and recovery codes.
     two_factor_off = changes.pop("two_factor_enabled", None) is False
@@ -93,7 +98,7 @@ async def update_user(
 
 async def delete_user(conn: AsyncConnection, admin: Caller, user_id: int) -> None:
     users = Users(conn)
-    target, superusers = await _managed(users, admin, user_id)
+    target, superusers, admin = await _managed(users, admin, user_id)
     if target.id == admin.id:
         raise Forbidden(NOT_YOURSELF)
     if target.id in superusers:
