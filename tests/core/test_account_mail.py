@@ -93,6 +93,28 @@ async def test_a_reset_ends_a_pending_email_change(
     assert me["email"] == user["email"] and me["pending_email"] is None
 
 
+async def test_a_change_checked_before_a_reset_committed_does_not_land_after_it(
+    client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
+) -> None:
+    """A thief with the password and a token asks for a new password and email while the
+    owner resets: whichever commits first, the owner's reset is what holds."""
+    user = await make_user()
+    token = await reset_token(client, inbox, user["email"], 2)
+    change = {
+        "email": "thief@example.com",
+        "password": "thief passphrase",
+        "current_password": PASSWORD,
+    }
+    r, code = await asyncio.gather(
+        client.patch(ME, json=change, headers=user.headers), confirm(client, token)
+    )
+    assert code == 204 and r.status_code in (200, 401, 403), r.text
+    assert (await login(client, user["email"], "thief passphrase")).status_code == 401
+    fresh = (await login(client, user["email"], "another passphrase")).json()["access_token"]
+    me = (await client.get(ME, headers={"Authorization": f"Bearer {fresh}"})).json()
+    assert me["email"] == user["email"] and me["pending_email"] is None
+
+
 async def test_mail_a_user_can_cause_is_limited(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
 ) -> None:

@@ -163,6 +163,10 @@ async def change_me(caller: Caller, body: UserUpdateMe, address: str) -> UserPri
     async with begin() as conn:
         users, tokens = Users(conn), MailTokens(conn)
         user = await users.lock(caller.id)
+        if user.token_version != caller.token_version:
+            # Revoked while the password was checked or hashed (by a reset, a logout, a
+            # password change): what the token asked for must not land after that.
+            raise Unauthorized()
         if new_email is not None:
             await mail_allowed(conn, user.id)
             changes["pending_email"] = new_email
