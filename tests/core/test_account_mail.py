@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import text
 
 from app.core.db import engine
@@ -113,6 +114,24 @@ async def test_a_change_checked_before_a_reset_committed_does_not_land_after_it(
     fresh = (await login(client, user["email"], "another passphrase")).json()["access_token"]
     me = (await client.get(ME, headers={"Authorization": f"Bearer {fresh}"})).json()
     assert me["email"] == user["email"] and me["pending_email"] is None
+
+
+async def test_a_login_racing_a_reset_does_not_bring_the_old_password_back(
+    client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
+) -> None:
+    """A login rehashes a password stored with older cost settings: never over the new
+    password a reset stored while the login checked the old one."""
+    user = await make_user()
+    older = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    async with engine.begin() as conn:
+        params = {"h": older, "id": user["id"]}
+        await conn.execute(text('UPDATE "user" SET hashed_password = :h WHERE id = :id'), params)
+    token = await reset_token(client, inbox, user["email"], 2)
+    # The reset first: it hashes while the login reads the row, then checks the old hash.
+    code, r = await asyncio.gather(confirm(client, token), login(client, user["email"]))
+    assert code == 204 and r.status_code in (200, 401), r.text
+    assert (await login(client, user["email"], "another passphrase")).status_code == 200
+    assert (await login(client, user["email"])).status_code == 401
 
 
 async def test_mail_a_user_can_cause_is_limited(

@@ -133,7 +133,7 @@ async def log_in(
             raise Unauthorized(BAD_CODE)
         users = Users(conn)
         if new_hash:  # the cost settings were raised since this hash was made
-            await users.update(user.id, hashed_password=new_hash)
+            await users.rehash(user.id, user.hashed_password, new_hash)
         granted = [s for s in requested or user.scopes if s in user.scopes]
         return await start_session(users, user, granted)
 

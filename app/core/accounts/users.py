@@ -84,6 +84,16 @@ class Users(Repository[UserRow]):
             raise NotFound("User not found")
         return changed
 
+    async def rehash(self, user_id: int, checked: str, new_hash: str) -> None:
+        """Store a new hash of the password that matched `checked`, unless the password
+        changed since it was read: a reset racing a login must not get the old one back."""
+        publish(self.conn, UserChanged(user_id=user_id))
+        await self.conn.execute(
+            update(users)
+            .where(users.c.id == user_id, users.c.hashed_password == checked)
+            .values(hashed_password=new_hash, updated_at=utcnow())
+        )
+
     async def delete(self, user_id: int) -> None:
         """Soft-delete; what else must go with the user (its threads) subscribes to
         `UserDeleted` inside this transaction, after the user's row is locked here."""
