@@ -60,6 +60,20 @@ async def test_too_many_failures_per_address_is_429(
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+async def test_a_login_refused_for_a_full_hashing_queue_is_no_failed_login(
+    client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 checked no password: once the burst is over, neither the email nor the
+    address is locked out by it (the server recovers by itself)."""
+    monkeypatch.setattr(settings, "login_failures_per_address", 3)
+    user = await make_user()
+    monkeypatch.setattr(settings, "hash_queue_size", 0)
+    for _ in range(settings.login_failures_per_email + 1):
+        assert (await login(client, user["email"])).status_code == 503
+    monkeypatch.setattr(settings, "hash_queue_size", 32)
+    assert (await login(client, user["email"])).status_code == 200
+
+
 @API2
 async def test_parallel_guesses_cannot_exceed_the_email_limit(
     client: AsyncClient, make_user: MakeUser

@@ -21,7 +21,15 @@ from app.core.accounts.tokens import (
 from app.core.accounts.twofactor import TwoFactor, TwoFactorSetup
 from app.core.accounts.users import MailTokens, Users
 from app.core.db import begin
-from app.core.errors import DomainError, Forbidden, Invalid, NotFound, TooManyAttempts, Unauthorized
+from app.core.errors import (
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooManyAttempts,
+    Unauthorized,
+    Unavailable,
+)
 from app.core.outbox import MailRow, Outbox
 from app.core.settings import settings
 
@@ -55,6 +63,16 @@ class Attempt:
         await limits.uncount(conn, self.email_key, self.email_window)
         await limits.uncount(conn, self.address_key, self.address_window)
 
+    async def check(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
+        """`verify_password`; refused for a full hashing queue (503), it checked nothing:
+        taken back, so a burst of logins locks no email or address out once it is over."""
+        try:
+            return await verify_password(password, hashed)
+        except Unavailable:
+            async with begin() as conn:
+                await self.withdrawn(conn)
+            raise
+
 
 async def count_attempt(conn: AsyncConnection, email: str, address: str, kind: str = "") -> Attempt:
     """Counted under the login limits; with a `kind` (`reset:`), in counts of its own."""
@@ -74,7 +92,7 @@ async def verified(user: Caller | UserRow, password: str, address: str) -> tuple
     async with begin() as conn:
         attempt = await count_attempt(conn, user.email, address)
         row = await Users(conn).get(user.id)
-    ok, _ = await verify_password(password, row.hashed_password if row else None)
+    ok, _ = await attempt.check(password, row.hashed_password if row else None)
     if row is None or not ok:
         raise Forbidden("Current password is wrong")
     return row, attempt
@@ -117,7 +135,7 @@ async def log_in(
     async with begin() as conn:  # counted and committed before the check
         attempt = await count_attempt(conn, email, address)
         user = await Users(conn).by_email(email)
-    ok, new_hash = await verify_password(password, user.hashed_password if user else None)
+    ok, new_hash = await attempt.check(password, user.hashed_password if user else None)
     # Nothing about a second factor before this line: a wrong password answers alike.
     if not ok or user is None or not user.is_active:
         raise Unauthorized("Incorrect email or password")
