@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, bindparam, false, select, true, update
+from sqlalchemy import Integer, Select, String, bindparam, false, func, select, true, update
 from sqlalchemy.dialects import postgresql
 
 from app.core import limits
@@ -30,7 +30,7 @@ def send_statement() -> Select[Any]:
     in a WITH, SQLAlchemy would take those for values to set.)"""
     counted = limits.counting.cte("counted")
     locked = (
-        select(threads.c.id, threads.c.version)
+        select(threads.c.id, threads.c.version, threads.c.last_message_at)
         .join(memberships, memberships.c.thread_id == threads.c.id)
         .where(
             select(counted.c.count).scalar_subquery() <= bindparam("allowed", type_=Integer()),
@@ -42,7 +42,10 @@ def send_statement() -> Select[Any]:
         .with_for_update(of=[threads, memberships])
         .cte("locked")
     )
-    at = bindparam("at", type_=UTCDateTime())
+    # The send's time is read before it waits (for its thread, or for its sender's other
+    # send): one that lands after a later-stamped send must not be older than it, or its
+    # thread would move back down the list and its messages out of time order.
+    at = func.greatest(bindparam("at", type_=UTCDateTime()), locked.c.last_message_at)
     values = {
         "thread_id": locked.c.id,
         "author_id": bindparam("by_user", type_=Integer()),
@@ -64,7 +67,11 @@ def send_statement() -> Select[Any]:
     bumped = (
         update(threads)
         .where(threads.c.id == inserted.c.thread_id)
-        .values(version=inserted.c.version, last_message_at=at, updated_at=at)
+        .values(
+            version=inserted.c.version,
+            last_message_at=inserted.c.created_at,
+            updated_at=inserted.c.created_at,
+        )
         .cte("bumped")
     )
     marked = (
@@ -75,7 +82,7 @@ def send_statement() -> Select[Any]:
             live(memberships),
             memberships.c.last_read_message_id < inserted.c.id,
         )
-        .values(last_read_message_id=inserted.c.id, updated_at=at)
+        .values(last_read_message_id=inserted.c.id, updated_at=inserted.c.created_at)
         .cte("marked")
     )
     found = counted.outerjoin(locked, true()).outerjoin(inserted, true())

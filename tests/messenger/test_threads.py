@@ -5,7 +5,9 @@ import asyncio
 from typing import Any
 
 from httpx import AsyncClient
+from sqlalchemy import text
 
+from app.core.db import engine
 from tests.helpers import (
     API1,
     API3,
@@ -15,6 +17,8 @@ from tests.helpers import (
     fetch,
     mass_assignment,
     new_thread,
+    page,
+    pg_only,
     send,
 )
 
@@ -119,6 +123,43 @@ async def test_list_is_ordered_by_activity_and_pages(
     for cursor in ("x", "W10", "WzEsMl0", "WyJub3QgYSBkYXRlIiwgMV0"):
         r = await client.get("/api/threads", params={"cursor": cursor}, headers=me.headers)
         assert r.status_code == 400, cursor
+
+
+@pg_only
+async def test_a_send_that_waited_never_moves_its_thread_back(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """A send that waits (here on its sender's other send, held up by a busy thread) while
+    another lands in the same thread is stamped after it: the thread keeps its place in the
+    list (a client paging through it sees it once), and its messages stay oldest first."""
+    me, other = await make_user(), await make_user()
+    busy, shared = await new_thread(client, me), await new_thread(client, me, other)
+    later = await new_thread(client, other)
+
+    def sending(thread: Any) -> "asyncio.Task[Any]":
+        url = f"/api/threads/{thread['id']}/messages"
+        return asyncio.create_task(client.post(url, json={"body": "b"}, headers=me.headers))
+
+    async with engine.connect() as slow:  # a long write holds the busy thread's lock
+        await slow.execute(text("UPDATE thread SET version = version WHERE id = :id"), busy)
+        held = sending(busy)
+        await asyncio.sleep(0.3)
+        waiting = sending(shared)  # waits for `held`, which counts its sender's sends
+        await asyncio.sleep(0.3)
+        await send(client, other, later["id"])
+        await send(client, other, shared["id"])
+        r = await client.get("/api/threads", params={"limit": 1}, headers=other.headers)
+        first = r.json()
+        await slow.commit()
+    assert {(await held).status_code, (await waiting).status_code} == {201}
+    assert [t["id"] for t in first["items"]] == [shared["id"]]
+    params = {"cursor": first["next_cursor"]}
+    r = await client.get("/api/threads", params=params, headers=other.headers)
+    assert [t["id"] for t in r.json()["items"]] == [later["id"]]
+    items = (await page(client, other, shared))["items"]
+    assert [m["created_at"] for m in items] == sorted(m["created_at"] for m in items)
+    r = await client.get(f"/api/threads/{shared['id']}", headers=other.headers)
+    assert r.json()["last_message_at"] == items[-1]["created_at"]
 
 
 async def test_unread_counts_and_read_marker(client: AsyncClient, make_user: MakeUser) -> None:
