@@ -146,6 +146,8 @@ class Messages(Repository[MessageOut]):
     async def _add_what_it_names(self, message: MessageOut, new: MessageCreate) -> None:
         """Checked now that the caller is known to be a member (a 422 rolls everything
         back): nothing to learn about threads one is not in."""
+        if new.reply_to_id == message.id:  # its own id, guessed: no message that was there
+            raise Invalid("reply_to_id", "No such message in this thread")
         if new.reply_to_id is not None:
             await self._message(message.thread_id, new.reply_to_id, "reply_to_id")
         mentions = Mentions(self.conn)

@@ -74,6 +74,9 @@ async def test_a_reply_answers_a_live_message_of_its_thread(
     gone = await send(client, me, thread["id"], "soon gone")
     await client.delete(url(thread["id"], gone["id"]), headers=me.headers)
     foreign = await send(client, me, elsewhere["id"], "another thread")
+    # Nor itself: the id it is about to take, guessed, names no message yet.
+    body = {"body": "re", "reply_to_id": foreign["id"] + 1}
+    invalid(await client.post(url(thread["id"]), json=body, headers=me.headers), "reply_to_id")
     for target in (gone["id"], foreign["id"], 10**6):
         body = {"body": "re", "reply_to_id": target}
         invalid(await client.post(url(thread["id"]), json=body, headers=me.headers), "reply_to_id")
