@@ -81,13 +81,11 @@ class Messages(Repository[MessageOut]):
         messages.c.thread_id, messages.c.id
     )
     _one = select(*columns).where(of_thread, live(messages), messages.c.id == bindparam("id"))
+    # The thread's version while the caller is a member, in the feed's own snapshot.
+    _seen = Threads._visible.with_only_columns(threads.c.version).scalar_subquery()
     _changes = (
-        select(*columns, messages.c.deleted)
-        .where(
-            of_thread,
-            messages.c.version > bindparam("since"),
-            messages.c.version <= bindparam("upto"),
-        )
+        select(*columns, messages.c.deleted, _seen.label("upto"))
+        .where(of_thread, messages.c.version > bindparam("since"), messages.c.version <= _seen)
         .order_by(messages.c.thread_id, messages.c.version)
         .limit(bindparam("limit"))
     )
@@ -282,9 +280,11 @@ class Messages(Repository[MessageOut]):
     async def changes(
         self, thread_id: int, user_id: int, since: int, upto: int, limit: int
     ) -> ChangesPage:
-        """Messages changed after version `since`, up to `upto` (the thread's version read
-        before: a change committed meanwhile waits for the next call), oldest change first."""
-        params = {"thread_id": thread_id, "since": since, "upto": upto, "limit": limit + 1}
+        """Messages changed after version `since`, oldest change first, up to the thread's
+        version in the same snapshot: a change committed after `upto` was read (before, on
+        PostgreSQL) is in, else the page would miss it and still say the client is past it."""
+        params = {"thread_id": thread_id, "id": thread_id, "user_id": user_id, "since": since}
+        params["limit"] = limit + 1
         rows = (await self.conn.execute(self._changes, params)).all()
         items = [
             # A tombstone keeps nothing the message said, nor the sender's client_id.
@@ -295,4 +295,5 @@ class Messages(Repository[MessageOut]):
         ]
         await self.filled([i for i in items if not i.deleted], user_id)
         more = len(rows) > limit
-        return ChangesPage(items=items, version=items[-1].version if more else upto, has_more=more)
+        version = items[-1].version if more else rows[0].upto if rows else upto
+        return ChangesPage(items=items, version=version, has_more=more)

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import text
 
+from app.core.db import engine
 from app.core.settings import settings
 from tests.helpers import (
     MakeUser,
@@ -179,6 +181,37 @@ async def test_feed_edges(client: AsyncClient, make_user: MakeUser) -> None:
     missing = await client.get("/api/threads/999999/changes", headers=stranger.headers)
     assert hidden.status_code == missing.status_code == 404
     assert hidden.json() == missing.json()
+
+
+@pg_only
+@pytest.mark.parametrize("removed", [False, True])
+async def test_a_change_committed_while_the_feed_reads_is_in_its_page(
+    client: AsyncClient, make_user: MakeUser, removed: bool
+) -> None:
+    """An edit that commits after the feed read the thread's version, before it read the
+    messages: the page holds the message (created after `since`) in its latest state;
+    unless the reader was removed first, who then gets nothing that came after."""
+    me, other = await make_user(), await make_user()
+    thread = await new_thread(client, other, me)
+    sent = await send(client, other, thread["id"], "first")
+    ids = {"t": thread["id"], "m": sent["id"], "u": me["id"], "step": 2 if removed else 1}
+    async with engine.connect() as edit:  # the messages wait; the thread is read at once
+        await edit.execute(text("LOCK TABLE message IN ACCESS EXCLUSIVE MODE"))
+        reading = asyncio.create_task(changes(client, me, thread["id"]))
+        await asyncio.sleep(0.3)
+        await edit.execute(text("UPDATE thread SET version = version + :step WHERE id = :t"), ids)
+        if removed:
+            sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
+            await edit.execute(text(sql), ids)
+        sql = "UPDATE message SET body = 'edited', version = version + :step WHERE id = :m"
+        await edit.execute(text(sql), ids)
+        await edit.commit()
+    items, version = await reading
+    if removed:
+        assert (items, version) == ([], sent["version"])
+    else:
+        assert [(m["id"], m["body"]) for m in items] == [(sent["id"], "edited")]
+        assert version == items[-1]["version"] == sent["version"] + 1
 
 
 async def test_read_receipts(client: AsyncClient, live_server: str, make_user: MakeUser) -> None:
