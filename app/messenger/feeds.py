@@ -1,4 +1,5 @@
-"""Messages across the caller's threads, newest first: search, and the mentions feed."""
+"""Feeds of messages: across the caller's threads, newest first, search and the mentions
+feed; in one thread, oldest change first, the changes feed (catching up)."""
 
 from typing import Any
 
@@ -11,8 +12,10 @@ from app.core.repository import Keyset, Repository, encode_cursor, live
 from app.core.settings import settings
 from app.messenger.message_models import (
     SIMPLE,
+    ChangesPage,
     Mention,
     Message,
+    MessageChange,
     MessageOut,
     alnum_runs,
     searchable,
@@ -86,6 +89,15 @@ class Feeds(Repository[MessageOut]):
         [mentions.c.message_id],
         descending=True,
     )
+    # The thread's version while the caller is a member, in the changes feed's own snapshot.
+    _seen = Threads._visible.with_only_columns(threads.c.version).scalar_subquery()
+    _changes = (
+        select(*columns, messages.c.deleted, _seen.label("upto"))
+        .where(messages.c.thread_id == bindparam("thread_id"))
+        .where(messages.c.version > bindparam("since"), messages.c.version <= _seen)
+        .order_by(messages.c.thread_id, messages.c.version)
+        .limit(bindparam("limit"))
+    )
 
     async def search(
         self, user_id: int, q: str, thread_id: int | None, limit: int, after: list[Any] | None
@@ -111,3 +123,24 @@ class Feeds(Repository[MessageOut]):
         rows, more = await self._mentioning.page(self.conn, limit, after, user_id=user_id)
         items = await Messages(self.conn).filled([self.load(r) for r in rows], user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
+
+    async def changes(
+        self, thread_id: int, user_id: int, since: int, upto: int, limit: int
+    ) -> ChangesPage:
+        """Messages changed after version `since`, oldest change first, up to the thread's
+        version in the same snapshot: a change committed after `upto` was read (before, on
+        PostgreSQL) is in, else the page would miss it and still say the client is past it."""
+        params = {"thread_id": thread_id, "id": thread_id, "user_id": user_id, "since": since}
+        params["limit"] = limit + 1
+        rows = (await self.conn.execute(self._changes, params)).all()
+        items = [
+            # A tombstone keeps nothing the message said, nor the sender's client_id.
+            MessageChange.model_construct(
+                **{**r._mapping, "body": "", "client_id": None} if r.deleted else r._mapping
+            )
+            for r in rows[:limit]
+        ]
+        await Messages(self.conn).filled([i for i in items if not i.deleted], user_id)
+        more = len(rows) > limit
+        version = items[-1].version if more else rows[0].upto if rows else upto
+        return ChangesPage(items=items, version=version, has_more=more)

@@ -169,7 +169,7 @@ async def list_changes(
     since: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Limit = 50,
 ) -> ChangesPage:
-    return await Messages(db).changes(thread.id, user.id, since, thread.version, limit)
+    return await Feeds(db).changes(thread.id, user.id, since, thread.version, limit)
 
 
 @search.get(

@@ -1,5 +1,5 @@
 """Messages: idempotent send (replies, mentions, a rate limit), history pages, one message,
-edits, deletion, reactions, the changes feed."""
+edits, deletion, reactions (the changes feed is in app.messenger.feeds)."""
 
 from collections.abc import Sequence
 from datetime import timedelta
@@ -19,9 +19,7 @@ from app.messenger.events import changed, thread_event
 from app.messenger.markers import Markers
 from app.messenger.mentions import Mentions
 from app.messenger.message_models import (
-    ChangesPage,
     Message,
-    MessageChange,
     MessageCreate,
     MessageOut,
     MessagePage,
@@ -30,7 +28,7 @@ from app.messenger.message_send import send_statement
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
-from app.messenger.threads import Threads
+from app.messenger.threads import Threads, is_member
 from app.messenger.uploads import Uploads
 
 M = TypeVar("M", bound=MessageOut)
@@ -47,6 +45,11 @@ this_thread = (
     if settings.is_sqlite
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
+
+# What a member reads is checked again in the read's own statement: on PostgreSQL the check
+# before it (MemberThread) has a snapshot of its own, and a member removed in between would
+# read what was written after.
+reader = is_member(bindparam("thread_id"), bindparam("user_id"))
 
 
 class Messages(Repository[MessageOut]):
@@ -74,21 +77,14 @@ class Messages(Repository[MessageOut]):
         messages.c.author_id == bindparam("author_id"),
         messages.c.client_id == bindparam("client_id"),
     )
-    _history = select(*columns).where(this_thread, live(messages)).limit(bindparam("limit"))
+    _history = select(*columns).where(this_thread, live(messages), reader).limit(bindparam("limit"))
     _newest = _history.order_by(messages.c.thread_id.desc(), messages.c.id.desc())
     _before = _newest.where(messages.c.id < bindparam("id"))
     _after = _history.where(messages.c.id > bindparam("id")).order_by(
         messages.c.thread_id, messages.c.id
     )
     _one = select(*columns).where(of_thread, live(messages), messages.c.id == bindparam("id"))
-    # The thread's version while the caller is a member, in the feed's own snapshot.
-    _seen = Threads._visible.with_only_columns(threads.c.version).scalar_subquery()
-    _changes = (
-        select(*columns, messages.c.deleted, _seen.label("upto"))
-        .where(of_thread, messages.c.version > bindparam("since"), messages.c.version <= _seen)
-        .order_by(messages.c.thread_id, messages.c.version)
-        .limit(bindparam("limit"))
-    )
+    _read = _one.where(reader)
 
     async def send(
         self, thread_id: int, author_id: int, new: MessageCreate
@@ -196,14 +192,18 @@ class Messages(Repository[MessageOut]):
         return None if message is None else (await self.filled([message], 0))[0]
 
     async def one(self, thread_id: int, message_id: int, user_id: int) -> MessageOut:
-        """A live message of the thread, as `user_id` sees it."""
-        return (await self.filled([await self._message(thread_id, message_id)], user_id))[0]
+        """A live message of the thread, as `user_id`, a member, sees it."""
+        params = {"thread_id": thread_id, "id": message_id, "user_id": user_id}
+        if (message := await self.first(self._read, **params)) is None:
+            raise NotFound("Message not found")
+        return (await self.filled([message], user_id))[0]
 
     async def page(
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
     ) -> MessagePage:
         """`limit` messages, oldest first: the newest, those just before or just after an id."""
-        params = {"thread_id": thread_id, "limit": limit + 1, "id": before or after}
+        params = {"thread_id": thread_id, "user_id": user_id, "id": before or after}
+        params["limit"] = limit + 1
         stmt = self._after if after is not None else self._before if before else self._newest
         rows = await self.all(stmt, **params)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
@@ -276,24 +276,3 @@ class Messages(Repository[MessageOut]):
         if row is None:  # deleted a moment ago
             raise NotFound("Message not found")
         return self.load(row)
-
-    async def changes(
-        self, thread_id: int, user_id: int, since: int, upto: int, limit: int
-    ) -> ChangesPage:
-        """Messages changed after version `since`, oldest change first, up to the thread's
-        version in the same snapshot: a change committed after `upto` was read (before, on
-        PostgreSQL) is in, else the page would miss it and still say the client is past it."""
-        params = {"thread_id": thread_id, "id": thread_id, "user_id": user_id, "since": since}
-        params["limit"] = limit + 1
-        rows = (await self.conn.execute(self._changes, params)).all()
-        items = [
-            # A tombstone keeps nothing the message said, nor the sender's client_id.
-            MessageChange.model_construct(
-                **{**r._mapping, "body": "", "client_id": None} if r.deleted else r._mapping
-            )
-            for r in rows[:limit]
-        ]
-        await self.filled([i for i in items if not i.deleted], user_id)
-        more = len(rows) > limit
-        version = items[-1].version if more else rows[0].upto if rows else upto
-        return ChangesPage(items=items, version=version, has_more=more)

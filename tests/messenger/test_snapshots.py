@@ -1,0 +1,42 @@
+"""Reads that race writes on PostgreSQL, where a read route runs one statement after
+another, each with its own snapshot: a member removed between the check that it may see
+the thread and the read of the messages reads nothing written after its removal."""
+
+import asyncio
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import text
+
+from app.core.db import engine
+from tests.helpers import API1, MakeUser, new_thread, pg_only, send
+
+
+@pg_only
+@API1
+@pytest.mark.parametrize("read", ["page", "one"])
+async def test_a_member_removed_while_it_reads_reads_nothing_written_after(
+    client: AsyncClient, make_user: MakeUser, read: str
+) -> None:
+    owner, member = await make_user(), await make_user()
+    thread = await new_thread(client, owner, member)
+    sent = await send(client, owner, thread["id"], "before")
+    url = f"/api/threads/{thread['id']}/messages"
+    url = url if read == "page" else f"{url}/{sent['id']}"
+    ids = {"t": thread["id"], "u": member["id"], "m": sent["id"]}
+    async with engine.connect() as removal:  # the messages wait; the thread is read at once
+        await removal.execute(text("LOCK TABLE message IN ACCESS EXCLUSIVE MODE"))
+        reading = asyncio.create_task(client.get(url, headers=member.headers))
+        await asyncio.sleep(0.3)
+        # The removal, then an edit, each as the app makes it.
+        await removal.execute(text("UPDATE thread SET version = version + 2 WHERE id = :t"), ids)
+        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
+        await removal.execute(text(sql), ids)
+        sql = "UPDATE message SET body = 'after', version = version + 2 WHERE id = :m"
+        await removal.execute(text(sql), ids)
+        await removal.commit()
+    r = await reading
+    if read == "page":
+        assert r.status_code == 200 and r.json() == {"items": [], "has_more": False}, r.text
+    else:
+        assert r.status_code == 404, r.text
