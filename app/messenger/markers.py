@@ -1,17 +1,18 @@
-"""Read markers: how far each member has read a thread (they only move forward), and what
-lies past them: the unread counts of the thread list."""
+"""Read markers: how far each member has read a thread (they only move forward), what lies
+past them (the unread counts of the thread list), and the members' list that shows them."""
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.errors import Invalid
+from app.core.accounts.models import User
+from app.core.errors import Invalid, NotFound
 from app.core.models import table
 from app.core.repository import live
 from app.messenger.events import changed
 from app.messenger.message_models import Mention, Message
-from app.messenger.thread_models import Membership, Thread
+from app.messenger.thread_models import Member, Membership, Thread
 
-threads, memberships = table(Thread), table(Membership)
+threads, memberships, users = table(Thread), table(Membership), table(User)
 messages, mentions = table(Message), table(Mention)
 
 # Messages after the caller's read marker, by others, not deleted: correlated to the outer
@@ -77,3 +78,19 @@ class Markers:
     async def move_marker(self, thread_id: int, user_id: int, message_id: int) -> bool:
         params = {"thread": thread_id, "user": user_id, "message": message_id}
         return (await self.conn.execute(self._mark_read, params)).rowcount > 0
+
+    _receipts = (
+        select(users.c.id, users.c.full_name, memberships.c.last_read_message_id)
+        .join(memberships, memberships.c.user_id == users.c.id)
+        .where(memberships.c.thread_id == bindparam("thread"), live(memberships))
+        .order_by(memberships.c.id)
+    )
+
+    async def receipts(self, thread_id: int, user_id: int) -> list[Member]:
+        """The thread's members with their markers, if `user_id` is one of them still: on
+        PostgreSQL one removed after its route's check would read what came after."""
+        rows = await self.conn.execute(self._receipts, {"thread": thread_id})
+        members = [Member.model_construct(**r._mapping) for r in rows]
+        if all(m.id != user_id for m in members):
+            raise NotFound("Thread not found")
+        return members

@@ -56,7 +56,7 @@ async def list_threads(
 
 @router.get("/{thread_id}", response_model=ThreadOut, summary="A thread")
 async def read_thread(user: CurrentUser, db: ReadDb, thread: MemberThread) -> ThreadOut:
-    return await Threads(db).view(thread.id, user.id)
+    return await Threads(db).seen(thread.id, user.id)
 
 
 @router.patch("/{thread_id}", response_model=ThreadOut, summary="Rename a thread (owner)")
@@ -76,8 +76,8 @@ async def delete_thread(user: CurrentUser, db: WriteDb, thread_id: Id) -> None:
     response_model=list[Member],
     summary="A thread's members, with their read markers (read receipts)",
 )
-async def list_members(db: ReadDb, thread: MemberThread) -> list[Member]:
-    return await Threads(db).members(thread.id)
+async def list_members(user: CurrentUser, db: ReadDb, thread: MemberThread) -> list[Member]:
+    return await Markers(db).receipts(thread.id, user.id)
 
 
 @router.post(

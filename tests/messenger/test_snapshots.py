@@ -1,6 +1,6 @@
 """Reads that race writes on PostgreSQL, where a read route runs one statement after
 another, each with its own snapshot: a member removed between the check that it may see
-the thread and the read of the messages reads nothing written after its removal."""
+the thread and what it reads there reads nothing written after its removal."""
 
 import asyncio
 
@@ -40,3 +40,28 @@ async def test_a_member_removed_while_it_reads_reads_nothing_written_after(
         assert r.status_code == 200 and r.json() == {"items": [], "has_more": False}, r.text
     else:
         assert r.status_code == 404, r.text
+
+
+@pg_only
+@API1
+@pytest.mark.parametrize("read", ["thread", "members"])
+async def test_a_member_removed_while_it_reads_the_thread_gets_404(
+    client: AsyncClient, make_user: MakeUser, read: str
+) -> None:
+    owner, member = await make_user(), await make_user()
+    thread = await new_thread(client, owner, member, title="before")
+    url = f"/api/threads/{thread['id']}" + ("/members" if read == "members" else "")
+    ids = {"t": thread["id"], "u": member["id"]}
+    assert (await client.get(url, headers=member.headers)).status_code == 200  # a known caller
+    waits = "message" if read == "thread" else '"user"'  # what the check does not read
+    async with engine.connect() as removal:
+        await removal.execute(text(f"LOCK TABLE {waits} IN ACCESS EXCLUSIVE MODE"))
+        reading = asyncio.create_task(client.get(url, headers=member.headers))
+        await asyncio.sleep(0.3)
+        await removal.execute(text("UPDATE thread SET version = version + 2 WHERE id = :t"), ids)
+        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
+        await removal.execute(text(sql), ids)
+        await removal.execute(text("UPDATE thread SET title = 'after' WHERE id = :t"), ids)
+        await removal.commit()
+    r = await reading
+    assert r.status_code == 404, r.text
