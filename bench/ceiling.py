@@ -5,12 +5,12 @@ Per request it does what the app must do, and nothing more: verify the HS256 bea
 (signature, alg, exp, type; stdlib hmac instead of python-jose), load the caller's row and
 check token_version and the "regular" scope (app/core/deps.py, Bearer), run the app's own
 SQL (below) on prepared statements, one round trip each and in the app's order, and answer
-the same JSON. A page: the thread (membership), the messages, then their reactions,
-mentions and attachments, one statement each even when they find nothing. A send (a plain
-message, as the bench's are): one statement for the sender's send count (the rate limit),
-the thread's row lock and version, the sender's membership's lock, the message and the
-sender's read marker, committed as it runs; then a NOTIFY of the `message.created` event
-in the app's wire format.
+the same JSON. A page: the thread (membership), the messages (the membership asked again),
+then their reactions, mentions and attachments, one statement each even when they find
+nothing. A send (a plain message, as the bench's are): one statement for the sender's send
+count (the rate limit), the thread's row lock and version, the sender's membership's lock,
+the message (stamped no earlier than the thread's last) and the sender's read marker,
+committed as it runs; then a NOTIFY of the `message.created` event in the app's wire format.
 
 It loads the caller's row on every request: the app remembers it per process
 (app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
@@ -94,19 +94,28 @@ MEMBERS_SQL = (  # ... and their members
     "WHERE membership.thread_id = ANY($1::integer[]) AND membership.deleted = false "
     "ORDER BY membership.id"
 )
+MEMBER_SQL = (
+    "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = $1::INTEGER "
+    "AND membership.user_id = $2::INTEGER AND membership.deleted = false)) "
+)
 MESSAGE_COLUMNS = (
     "message.id, message.created_at, message.updated_at, message.thread_id, "
     "message.author_id, message.body, message.client_id, message.edited_at, message.version, "
     "message.reply_to_id"
 )
-NEWEST_SQL = (  # GET .../messages: the newest page, on the (thread_id, id) index
+# GET .../messages: the newest page, on the (thread_id, id) index, the caller's membership
+# asked again in the page's own statement
+NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
-    "AND message.deleted = false ORDER BY message.thread_id DESC, message.id DESC LIMIT $2"
+    "AND message.deleted = false "
+    + MEMBER_SQL
+    + "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
 )
 BEFORE_SQL = (  # GET .../messages?before=: an older page
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
-    "AND message.deleted = false AND message.id < $2 "
-    "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
+    "AND message.deleted = false "
+    + MEMBER_SQL
+    + "AND message.id < $3 ORDER BY message.thread_id DESC, message.id DESC LIMIT $4"
 )
 REACTIONS_SQL = (  # ... the page's reactions, one row per emoji of each message
     "SELECT reaction.message_id, reaction.emoji, count(*) AS uses, max(CASE WHEN "
@@ -136,7 +145,8 @@ SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thr
     "window_start = CASE WHEN (login_counter.window_start <= $8) THEN $1 "
     "ELSE login_counter.window_start END "
     "RETURNING login_counter.count, login_counter.window_start), "
-    "locked AS (SELECT thread.id AS id, thread.version AS version FROM thread "
+    "locked AS (SELECT thread.id AS id, thread.version AS version, "
+    "thread.last_message_at AS last_message_at FROM thread "
     "JOIN membership ON membership.thread_id = thread.id "
     "WHERE (SELECT counted.count FROM counted) <= $9 AND thread.id = $6 "
     "AND thread.deleted = false AND membership.user_id = $2 "
@@ -144,12 +154,15 @@ SEND_SQL = (  # $1 now, $2 author, $3 body, $4 client_id, $5 reply_to_id, $6 thr
     "inserted AS (INSERT INTO message (thread_id, author_id, body, client_id, reply_to_id, "
     "version, created_at, updated_at, deleted) SELECT locked.id AS id, $2 AS anon_1, "
     "$3::VARCHAR AS anon_2, $4::VARCHAR AS anon_3, $5::INTEGER AS anon_4, "
-    "locked.version + 1 AS anon_5, $1 AS anon_6, $1 AS anon__1, false AS anon_7 FROM locked "
+    "locked.version + 1 AS anon_5, greatest($1, locked.last_message_at) AS greatest_1, "
+    "greatest($1, locked.last_message_at) AS greatest__1, false AS anon_7 FROM locked "
     "ON CONFLICT (thread_id, author_id, client_id) DO NOTHING "
     f"RETURNING {MESSAGE_COLUMNS}), "
-    "bumped AS (UPDATE thread SET updated_at=$1, last_message_at=$1, version=inserted.version "
+    "bumped AS (UPDATE thread SET updated_at=inserted.created_at, "
+    "last_message_at=inserted.created_at, version=inserted.version "
     "FROM inserted WHERE thread.id = inserted.thread_id), "
-    "marked AS (UPDATE membership SET updated_at=$1, last_read_message_id=inserted.id "
+    "marked AS (UPDATE membership SET updated_at=inserted.created_at, "
+    "last_read_message_id=inserted.id "
     "FROM inserted WHERE membership.thread_id = inserted.thread_id "
     "AND membership.user_id = inserted.author_id AND membership.deleted = false "
     "AND membership.last_read_message_id < inserted.id) "
@@ -286,9 +299,9 @@ async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any
         if thread is None:
             raise HTTPError(404, "Thread not found")
         if before is None:
-            rows = await con.fetch(NEWEST_SQL, thread["id"], limit + 1)
+            rows = await con.fetch(NEWEST_SQL, thread["id"], user["id"], limit + 1)
         else:
-            rows = await con.fetch(BEFORE_SQL, thread["id"], before, limit + 1)
+            rows = await con.fetch(BEFORE_SQL, thread["id"], user["id"], before, limit + 1)
         page = [message_out(m) for m in rows[:limit][::-1]]
         ids = [m["id"] for m in page]
         # The app fills in a page's extras with one statement each (Messages.filled).
