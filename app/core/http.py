@@ -4,6 +4,7 @@ reads JSON strictly, and the one place where exceptions become FastAPI's error s
 import json
 import logging
 from collections.abc import Callable, Collection, Coroutine
+from contextlib import suppress
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, status
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+from starlette.websockets import WebSocket, WebSocketState
 
 from app.core.errors import DomainError, Invalid
 from app.core.middleware import BodyGuard, RequestLog
@@ -104,6 +106,18 @@ def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5)
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
 
+async def answer(conn: Request | WebSocket, response: JSONResponse) -> JSONResponse | None:
+    """`response`, or for a socket, which an HTTP answer cannot reach once accepted, a close
+    that means the same: 1012 for a 503 (come back later and catch up), 1008 for the rest.
+    Sent as a response, it would fail: no close frame, and a server error logged."""
+    if not isinstance(conn, WebSocket):
+        return response
+    if conn.application_state != WebSocketState.DISCONNECTED:
+        with suppress(OSError):  # the client left meanwhile
+            await conn.close(1012 if response.status_code == 503 else 1008)
+    return None
+
+
 # SQLSTATE classes of a database that is away or busy: 08 (connection), 53 (too many
 # connections, out of memory), 57P (shutting down), 57014 (a statement over its time limit),
 # 40001/40P01 (serialization, deadlock).
@@ -123,23 +137,24 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
     app.add_middleware(RequestLog)
 
     @app.exception_handler(DomainError)
-    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+    async def domain_error(conn: Request | WebSocket, exc: DomainError) -> JSONResponse | None:
         if isinstance(exc, Invalid):  # FastAPI's own 422 list
             detail: Any = [{"type": "value_error", "loc": exc.loc, "msg": exc.detail}]
-            return JSONResponse({"detail": detail}, status_code=422)
+            return await answer(conn, JSONResponse({"detail": detail}, status_code=422))
         headers = dict(exc.headers or {})
         if exc.retry_after:
             headers["Retry-After"] = str(exc.retry_after)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        body = {"detail": exc.detail}
+        return await answer(conn, JSONResponse(body, status_code=exc.status_code, headers=headers))
 
     @app.exception_handler(ClientDisconnect)  # left mid-body: no server error, no one to tell
     async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
         return Response(status_code=status.HTTP_400_BAD_REQUEST)
 
     @app.exception_handler(PoolTimeout)
-    async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+    async def pool_exhausted(conn: Request | WebSocket, exc: PoolTimeout) -> JSONResponse | None:
         logging.getLogger("app").warning("no database connection free in time")
-        return unavailable(retry=1)
+        return await answer(conn, unavailable(retry=1))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,10 +184,13 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
-    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    async def database_unavailable(
+        conn: Request | WebSocket, exc: Exception
+    ) -> JSONResponse | None:
         """The database is away or busy: 503 at once, so clients retry, instead of a 500."""
         if isinstance(exc, DataError):  # a value past what a column holds: the client's
-            return JSONResponse({"detail": "A value is out of range"}, status_code=422)
+            out_of_range = JSONResponse({"detail": "A value is out of range"}, status_code=422)
+            return await answer(conn, out_of_range)
         # SQLite's OperationalError also means a bad statement: only a lock is capacity.
         state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
         operational = isinstance(exc, OperationalError | InterfaceError) and (
@@ -183,4 +201,4 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
         ):
             raise exc
         logging.getLogger("app").warning("database unavailable: %s", type(exc).__name__)
-        return unavailable(retry=1 if state.startswith("40") else 5)
+        return await answer(conn, unavailable(retry=1 if state.startswith("40") else 5))

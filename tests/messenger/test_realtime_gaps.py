@@ -4,6 +4,7 @@ The events below arrive through the bus as from another process, in the order a 
 between processes can bring them."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
@@ -25,6 +26,7 @@ from tests.helpers import (
     send,
     ws_url,
 )
+from tests.servers import free_port, serve
 
 
 async def test_an_event_whose_message_is_gone_when_read_back_closes_with_1012(
@@ -81,3 +83,17 @@ async def test_a_revocation_heard_while_the_token_is_read_closes_the_socket(
         while True:
             received.append(await asyncio.wait_for(ws.recv(), 5))
     assert ws.close_code == 4401 and received == []
+
+
+async def test_a_socket_opened_while_the_database_is_away_closes_with_1012(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    """What answers 503 over HTTP closes a socket with 1012 (reconnect, catch up), not with
+    a server error and no close frame."""
+    user = await make_user()
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/away"  # nothing listens there
+    with serve(tmp_path, DATABASE_URL=away) as base:
+        server = base.removeprefix("http://")
+        async with connect(ws_url(server, user["token"]["access_token"])) as ws:
+            assert await close_code(ws) == 1012
+    assert "Exception in ASGI application" not in (tmp_path / "server.log").read_text()
