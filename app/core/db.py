@@ -137,7 +137,10 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
             if events:
                 await bus.before_commit(conn, events)
     finally:
-        conn.info.pop("events", None)
+        # A connection lost meanwhile would reconnect to show its info (MissingGreenlet, a
+        # 500, not the loss: 503); its pool record forgets that info when it reconnects.
+        if not conn.invalidated:
+            conn.info.pop("events", None)
     if events:
         await conn.execution_options(**READ_OPTIONS)  # no BEGIN for what follows
         await bus.committed(conn, events)

@@ -21,9 +21,10 @@ import asyncpg
 import httpx
 import pytest
 
+from app.core.db import engine
 from app.core.settings import settings
-from tests.helpers import ROOT, signup
-from tests.servers import clean_env, free_port, serve
+from tests.helpers import ROOT, MakeUser, fetch, signup
+from tests.servers import clean_env, free_port, serve, serve_suite_db
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [
@@ -122,3 +123,28 @@ async def test_database_outage_and_recovery(cluster: Cluster, tmp_path: Path) ->
     finally:
         await conn.close()
     assert sorted(stored) == sorted(r["id"] for r in rows)
+
+
+async def test_a_connection_ended_under_a_write_answers_503(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    """PostgreSQL ends a connection in the middle of a transaction (a restart, a failover,
+    an administrator): the write answers 503, not 500, and the next one succeeds."""
+    user = await make_user()
+    with serve_suite_db(tmp_path) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=user.headers) as http:
+            name = {"full_name": "Later"}
+            async with engine.connect() as lock:
+                # The write's transaction waits for this lock, so it is there to be ended.
+                await lock.exec_driver_sql('LOCK TABLE "user" IN EXCLUSIVE MODE')
+                write = asyncio.create_task(http.patch("/api/users/me", json=name))
+                await asyncio.sleep(0.5)
+                [[ended]] = await fetch(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                await lock.rollback()
+            r = await write
+            assert ended == 1 and r.status_code == 503, r.text
+            assert r.headers["Retry-After"].isdigit()
+            assert (await http.patch("/api/users/me", json=name)).status_code == 200
