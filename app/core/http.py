@@ -120,8 +120,8 @@ async def answer(conn: Request | WebSocket, response: JSONResponse) -> JSONRespo
 
 # SQLSTATE classes of a database that is away or busy: 08 (connection), 53 (too many
 # connections, out of memory), 57P (shutting down), 57014 (a statement over its time limit),
-# 40001/40P01 (serialization, deadlock).
-BUSY_STATES = ("08", "53", "57P", "57014", "40001", "40P01")
+# 55P03 (a lock waited for past lock_timeout), 40001/40P01 (serialization, deadlock).
+BUSY_STATES = ("08", "53", "57P", "57014", "55P03", "40001", "40P01")
 
 
 def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import make_url
 
 from app.core.db import engine
 from app.core.settings import settings
-from tests.helpers import API4, MakeUser, login, pg_only, signup, sqlite_only
+from tests.helpers import API4, MakeUser, fetch, login, pg_only, signup, sqlite_only
 from tests.servers import serve, serve_suite_db
 
 
@@ -122,6 +122,27 @@ async def test_pool_timeout_is_503_with_retry_after(make_user: MakeUser, tmp_pat
             assert (await stuck).status_code == 200
             # It recovers by itself.
             assert (await http.get("/api/users/me", headers=user.headers)).status_code == 200
+
+
+@API4
+@pg_only
+async def test_a_lock_wait_past_lock_timeout_is_503(make_user: MakeUser, tmp_path: Path) -> None:
+    """An operator's lock_timeout cuts a write short as statement_timeout does: 503."""
+    user = await make_user()
+    [[database]] = await fetch("SELECT current_database()")
+    async with engine.connect() as admin:  # the server's connections start with it
+        await admin.exec_driver_sql(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
+        await admin.commit()
+    try:
+        with serve_suite_db(tmp_path) as base:
+            async with AsyncClient(base_url=base, timeout=30) as http, engine.connect() as lock:
+                await lock.exec_driver_sql('LOCK TABLE "user" IN EXCLUSIVE MODE')
+                r = await http.patch("/api/users/me", json={"full_name": "L"}, headers=user.headers)
+                assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
+    finally:
+        async with engine.connect() as admin:
+            await admin.exec_driver_sql(f'ALTER DATABASE "{database}" RESET lock_timeout')
+            await admin.commit()
 
 
 @API4
