@@ -35,7 +35,7 @@ from uuid import uuid4
 import asyncpg
 import redis.asyncio as redis
 from sqlalchemy import make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.settings import settings
@@ -140,8 +140,9 @@ class Notify(Channel):
             await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
             if conn.in_transaction():  # behind a pooler reads are transactions too
                 await conn.commit()
-        except DBAPIError as exc:
+        except (DBAPIError, PendingRollbackError) as exc:
             # Committed but not told: the version gap shows, and the changes feed fills it.
+            # (PendingRollbackError: the connection was lost already, under `count`.)
             log.warning("events not sent: %s", type(exc).__name__)
 
     async def count(self, conn: AsyncConnection) -> int:

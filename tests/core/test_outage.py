@@ -3,7 +3,8 @@
 A private PostgreSQL cluster that this test starts itself (the shared one is not touched)
 serves a real `python -m app`: during the outage requests answer 503 quickly, readiness
 says 503, and afterwards the service recovers without a restart, having lost nothing it
-answered 201 for.
+answered 201 for. A connection lost in the middle of a request, or just after its commit,
+is a 503 or the request's own answer, never a 500.
 """
 
 import asyncio
@@ -14,17 +15,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from app.core.db import engine
 from app.core.settings import settings
 from tests.helpers import ROOT, MakeUser, fetch, signup
-from tests.servers import clean_env, free_port, serve, serve_suite_db
+from tests.servers import clean_env, free_port, listening_again, serve, serve_suite_db
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [
@@ -148,3 +151,67 @@ async def test_a_connection_ended_under_a_write_answers_503(
             assert ended == 1 and r.status_code == 503, r.text
             assert r.headers["Retry-After"].isdigit()
             assert (await http.patch("/api/users/me", json=name)).status_code == 200
+
+
+class Relay:
+    """The suite's PostgreSQL, relayed. `cut_after(statement)`: the next connection that
+    sends `statement` is closed right after the server's answer to its COMMIT has passed
+    (the network fails there)."""
+
+    def __init__(self) -> None:
+        self.database = make_url(settings.database_url)
+        self.statement: bytes | None = None
+
+    def cut_after(self, statement: bytes) -> None:
+        self.statement = statement
+
+    async def link(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        target = (self.database.host or "127.0.0.1", self.database.port or 5432)
+        server, to_server = await asyncio.open_connection(*target)
+        doomed = False
+
+        async def relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            nonlocal doomed
+            with suppress(OSError):
+                while data := await src.read(65536):
+                    if up and self.statement and self.statement in data:
+                        doomed, self.statement = True, None
+                    dst.write(data)
+                    await dst.drain()
+                    if not up and doomed and b"COMMIT\0" in data:
+                        break
+            to_client.close()
+            to_server.close()
+
+        await asyncio.gather(relay(client, to_server, True), relay(server, to_client, False))
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """The relay's DATABASE_URL, while it runs."""
+        server = await asyncio.start_server(self.link, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            url = self.database.set(host="127.0.0.1", port=port)
+            yield url.render_as_string(hide_password=False)
+
+
+async def test_a_connection_lost_just_after_a_commit_is_no_server_error(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    """A change other processes must hear of before it is answered (a user's) is committed,
+    then its connection is lost before they are told: the change stands and is answered."""
+    user = await make_user()
+    relay, stack = Relay(), ExitStack()
+    async with relay.running() as url:
+        # Started and stopped from a thread: the relay, in this loop, serves meanwhile.
+        base = await asyncio.to_thread(stack.enter_context, serve(tmp_path, DATABASE_URL=url))
+        try:
+            await listening_again(2)  # its listener and ours: the change waits for both
+            async with httpx.AsyncClient(base_url=base, timeout=30, headers=user.headers) as http:
+                relay.cut_after(b'UPDATE "user" SET')
+                r = await http.patch("/api/users/me", json={"full_name": "Committed"})
+                assert r.status_code in (200, 503), r.text
+                r = await http.get("/api/users/me")
+                assert r.status_code == 200 and r.json()["full_name"] == "Committed"
+        finally:
+            await asyncio.to_thread(stack.close)
