@@ -177,7 +177,7 @@ async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[Non
     try:
         yield
     finally:
-        if not local:
+        if not local and not conn.invalidated:  # a lost session's settings are gone with it
             await conn.execute(_NO_TIME_LIMIT)
 
 

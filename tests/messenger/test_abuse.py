@@ -252,3 +252,30 @@ async def test_a_search_past_its_time_limit_is_503(
     assert (
         await client.get(f"/api/threads/{thread['id']}/messages", headers=user.headers)
     ).status_code == 200
+
+
+@pg_only
+@API4
+async def test_a_search_whose_connection_is_ended_is_503(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """PostgreSQL ends the connection under a search (a restart, a failover): its time limit
+    is not reset on a connection that is gone, and the loss answers 503, not 500."""
+    user = await make_user()
+    search = {"q": "common"}
+    async with engine.connect() as other:
+        await other.exec_driver_sql("BEGIN")
+        await other.exec_driver_sql("LOCK TABLE message IN ACCESS EXCLUSIVE MODE")
+        waiting = asyncio.create_task(
+            client.get("/api/messages/search", params=search, headers=user.headers)
+        )
+        await asyncio.sleep(0.5)  # the search waits for the lock
+        await other.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        await other.exec_driver_sql("ROLLBACK")
+    r = await waiting
+    assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
+    r = await client.get("/api/messages/search", params=search, headers=user.headers)
+    assert r.status_code == 200
