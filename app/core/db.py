@@ -89,11 +89,15 @@ class Turns:
     """At most MAX_CONCURRENT_REQUESTS connections in use at once, about the pool's size;
     the rest wait their turn in order, and beyond REQUEST_QUEUE_SIZE waiting, 503 at once.
     Without it, a burst piles onto the pool's own queue, where some wait for many seconds.
-    Only code that holds a connection takes a turn: a request whose body is still arriving,
-    or that waits for a password hash, holds none."""
+    A turn is waited for at most `timeout` (DB_POOL_TIMEOUT, as a connection is): while the
+    turns are held by requests that cannot finish, the queue would otherwise drain at a few
+    503s per pool timeout, and its last request wait for minutes. Only code that holds a
+    connection takes a turn: a request whose body is still arriving, or that waits for a
+    password hash, holds none."""
 
-    def __init__(self, size: int, queue: int) -> None:
+    def __init__(self, size: int, queue: int, timeout: float) -> None:
         self.slots, self.queue, self.waiting = asyncio.Semaphore(size), queue, 0
+        self.timeout = timeout
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:
@@ -101,7 +105,10 @@ class Turns:
             raise Unavailable("Server busy; try again in a moment")
         self.waiting += 1
         try:
-            await self.slots.acquire()
+            async with asyncio.timeout(self.timeout):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise Unavailable("Server busy; try again in a moment") from None
         finally:
             self.waiting -= 1
         try:
@@ -110,7 +117,9 @@ class Turns:
             self.slots.release()
 
 
-turn = Turns(settings.max_concurrent_requests, settings.request_queue_size)
+turn = Turns(
+    settings.max_concurrent_requests, settings.request_queue_size, settings.db_pool_timeout
+)
 
 
 @asynccontextmanager

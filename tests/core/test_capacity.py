@@ -126,6 +126,32 @@ async def test_pool_timeout_is_503_with_retry_after(make_user: MakeUser, tmp_pat
 
 @API4
 @pg_only
+async def test_a_turn_is_waited_for_no_longer_than_the_pool_timeout(
+    make_user: MakeUser, tmp_path: Path
+) -> None:
+    """While every turn is held by a request that cannot finish, the requests queued behind
+    it answer 503 once DB_POOL_TIMEOUT has passed, not whenever a turn comes free."""
+    user = await make_user()
+    env = {"MAX_CONCURRENT_REQUESTS": "1", "DB_POOL_TIMEOUT": "1"}
+    with serve_suite_db(tmp_path, **env) as base:
+        async with AsyncClient(base_url=base, timeout=10, headers=user.headers) as http:
+            async with engine.connect() as lock:
+                await lock.exec_driver_sql('LOCK TABLE "user" IN EXCLUSIVE MODE')
+                # The one turn: a write that waits for the lock.
+                stuck = asyncio.create_task(http.patch("/api/users/me", json={"full_name": "S"}))
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                r = await http.get(f"/api/users/{user['id']}")
+                assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
+                assert time.monotonic() - started < 3
+                await asyncio.sleep(4 - (time.monotonic() - started))  # still held meanwhile
+                await lock.rollback()
+            assert (await stuck).status_code == 200
+            assert (await http.get(f"/api/users/{user['id']}")).status_code == 200
+
+
+@API4
+@pg_only
 async def test_a_lock_wait_past_lock_timeout_is_503(make_user: MakeUser, tmp_path: Path) -> None:
     """An operator's lock_timeout cuts a write short as statement_timeout does: 503."""
     user = await make_user()
