@@ -105,8 +105,11 @@ class Turns:
             raise Unavailable("Server busy; try again in a moment")
         self.waiting += 1
         try:
-            async with asyncio.timeout(self.timeout):
+            if not self.slots.locked():  # a free turn: no deadline to set up on the hot path
                 await self.slots.acquire()
+            else:
+                async with asyncio.timeout(self.timeout):
+                    await self.slots.acquire()
         except TimeoutError:
             raise Unavailable("Server busy; try again in a moment") from None
         finally:
