@@ -92,15 +92,12 @@ class Channel:
 
     def arrived(self, payload: str) -> None:
         if payload.startswith(ROLL_CALL):  # all that was sent before it is read: say so
-            self.answer(ANSWER + payload[1:])
+            self.answers.put_nowait(ANSWER + payload[1:])
         elif payload.startswith(ANSWER):
             if due := self.calls.get(payload[1:]):
                 due.popleft().set_result(None)
         else:
             self.receive(payload)
-
-    def answer(self, payload: str) -> None:
-        self.answers.put_nowait(payload)
 
     async def count(self, conn: AsyncConnection) -> int:
         """The processes listening, this one included."""
@@ -249,14 +246,24 @@ async def keep_proving(
     send_probe: Callable[[], Any], echo: asyncio.Event, lost: asyncio.Event, heard: Heard
 ) -> None:
     """Send ourselves a message and wait for it, again and again, until one does not come
-    back in time (TimeoutError) or the connection says it is gone."""
+    back in time (TimeoutError) or the connection says it is gone, even mid-probe."""
     while not lost.is_set():
         echo.clear()
         await send_probe()
-        await asyncio.wait_for(echo.wait(), ECHO_SECONDS)
-        heard(True)
+        await asyncio.wait_for(either(echo, lost), ECHO_SECONDS)
+        if not lost.is_set():
+            heard(True)
         with suppress(TimeoutError):  # a closed connection says so at once
             await asyncio.wait_for(lost.wait(), PROBE_SECONDS)
+
+
+async def either(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def reconnecting(session: Callable[[], Any], heard: Heard) -> None:

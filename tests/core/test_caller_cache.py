@@ -18,11 +18,13 @@ from httpx import AsyncClient
 from app.core.channels import (
     ANSWER,
     CHANNEL,
+    ECHO_SECONDS,
     HEARD_SECONDS,
     LISTENER_NAME,
     ROLL_CALL,
     Channel,
     choose,
+    keep_proving,
     listener_dsn,
 )
 from app.core.db import connect
@@ -156,6 +158,20 @@ async def test_no_cache_while_the_listener_is_away(make_user: MakeUser, tmp_path
             assert await me(a, token) == 401
             for server in (a, b):
                 await remembers(server, probe)
+
+
+async def test_a_listener_lost_while_its_probe_is_out_gives_up_at_once() -> None:
+    """A listener's connection that drops while its probe is on the way (the echo never
+    comes) ends its session at once: not ECHO_SECONDS later, while its process would go on
+    answering from a cache that no longer hears revocations, and telling no socket."""
+    echo, lost = asyncio.Event(), asyncio.Event()
+    heard: list[bool] = []
+
+    async def probe() -> None:  # it goes out; the connection drops before the echo is back
+        asyncio.get_running_loop().call_later(0.05, lost.set)
+
+    await asyncio.wait_for(keep_proving(probe, echo, lost, heard.append), ECHO_SECONDS / 5)
+    assert heard == []
 
 
 @pg_only
