@@ -28,7 +28,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 from uuid import uuid4
 
@@ -75,8 +74,7 @@ class Channel:
 
     async def committed(self, conn: AsyncConnection, payloads: list[str], wait: bool) -> None:
         """Send `payloads`; with `wait`, return once every process listening has read them
-        (at most HEARD_SECONDS): a token revoked here is refused there on the very next
-        request."""
+        (at most HEARD_SECONDS): a token revoked here is refused there on the next request."""
         if not wait:
             return await self.send(conn, payloads)
         listening, loop, call = await self.count(conn), asyncio.get_running_loop(), uuid4().hex
@@ -124,9 +122,9 @@ class Channel:
         self.task = asyncio.create_task(self.listen(heard))
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        while self.task is not None and not self.task.done():
+            self.task.cancel()  # again if need be: a redis-py command can swallow one
+            await asyncio.wait([self.task], timeout=1)
 
 
 class Notify(Channel):
@@ -250,20 +248,22 @@ async def keep_proving(
     while not lost.is_set():
         echo.clear()
         await send_probe()
-        await asyncio.wait_for(either(echo, lost), ECHO_SECONDS)
+        if not await either(echo, lost, seconds=ECHO_SECONDS):
+            raise TimeoutError("the probe did not come back")
         if not lost.is_set():
             heard(True)
-        with suppress(TimeoutError):  # a closed connection says so at once
-            await asyncio.wait_for(lost.wait(), PROBE_SECONDS)
+        await either(lost, seconds=PROBE_SECONDS)  # a closed connection says so at once
 
 
-async def either(*events: asyncio.Event) -> None:
+async def either(*events: asyncio.Event, seconds: float) -> bool:
+    """Whether one of `events` is set in `seconds`; 3.11's wait_for may drop a cancel."""
     waits = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait in waits:
             wait.cancel()
+    return bool(done)
 
 
 async def reconnecting(session: Callable[[], Any], heard: Heard) -> None:

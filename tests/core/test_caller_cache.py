@@ -5,7 +5,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,35 @@ async def test_a_listener_lost_while_its_probe_is_out_gives_up_at_once() -> None
 
     await asyncio.wait_for(keep_proving(probe, echo, lost, heard.append), ECHO_SECONDS / 5)
     assert heard == []
+
+
+@pytest.mark.parametrize("turns", range(10))
+async def test_a_listener_stops_even_when_stopped_as_its_echo_comes_back(turns: int) -> None:
+    """Stopping cancels the listener. Python 3.11's asyncio.wait_for drops a cancellation
+    that lands as what it waits for arrives: the listener would probe on, and its process
+    never finish shutting down. Here the stop lands `turns` turns of the loop after the
+    echo is back."""
+    loop, echo, lost, stops = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event(), [turns]
+
+    def later(turns: int, then: Callable[[], Any]) -> None:
+        if turns:
+            loop.call_soon(later, turns - 1, then)
+        else:
+            then()
+
+    async def probe() -> None:
+        echo.set()  # back at once; the stop follows, once
+        if stops:
+            later(stops.pop(), proving.cancel)
+
+    proving = asyncio.create_task(keep_proving(probe, echo, lost, lambda _: None))
+    try:
+        await asyncio.wait([proving], timeout=ECHO_SECONDS / 5)
+        assert proving.cancelled()
+    finally:
+        lost.set()
+        proving.cancel()
+        await asyncio.gather(proving, return_exceptions=True)
 
 
 @pg_only
