@@ -13,10 +13,10 @@ Each sends what a transaction published right after it commits, on its connectio
 Two commits may be heard in the other order (two processes, two connections): what needs
 commit order puts events back in it (app.messenger.ordering, by each thread's version).
 
-Each listener proves itself end to end with a message to itself every second: a
-dead peer is not always reported, and through a pooler LISTEN seems to work but never
-hears anything. `heard(True)` once nothing more can be missed, `heard(False)` at once when
-something may have been.
+Each listener proves itself end to end with a message to itself every second: a dead peer is
+not always reported, and through a pooler LISTEN seems to work but never hears anything.
+`heard(True)` once nothing more can be missed, `heard(False)` at once when something may
+have been.
 
 What another process must know before the client's next request (a revoked token) is
 followed by a roll call: every listener reads it after what came before it, and answers
@@ -136,8 +136,7 @@ class Notify(Channel):
             if conn.in_transaction():  # behind a pooler reads are transactions too
                 await conn.commit()
         except (DBAPIError, PendingRollbackError) as exc:
-            # Committed but not told: the version gap shows, and the changes feed fills it.
-            # (PendingRollbackError: the connection was lost already, under `count`.)
+            # Committed but not told (or lost under `count`): the changes feed fills the gap.
             log.warning("events not sent: %s", type(exc).__name__)
 
     async def count(self, conn: AsyncConnection) -> int:
