@@ -143,8 +143,9 @@ class Runner:
                         metrics.MAIL_QUEUE.set(await Outbox(conn).waiting())
             except Exception:  # the database may be away: try again at the next poll
                 log.exception("job runner round failed")
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self.awake.wait(), POLL_SECONDS)
+            with suppress(TimeoutError):  # not wait_for: on 3.11 it may drop a stop's cancel
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self.awake.wait()
 
     async def start(self) -> None:
         if not settings.smtp_host and settings.environment == "production":

@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.core.jobs import Runner
 from app.core.settings import settings
 from tests.helpers import API8, ROOT, fetch, pg_only, signup
 from tests.servers import MAIL_FRONTEND, Inbox, scratch_postgres, serve, token_of
@@ -164,3 +165,27 @@ async def test_two_processes_send_each_mail_once(tmp_path: Path, scratch_db: str
     finally:
         box.controller.stop()
         await engine.dispose()
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_the_runner_stops_even_when_stopped_as_it_is_woken(turns: int) -> None:
+    """Stopping cancels the runner. Python 3.11's asyncio.wait_for drops a cancellation
+    that lands as the wake-up it waits for arrives: the runner would poll on, and its
+    process never finish shutting down. Here the stop lands `turns` turns of the loop
+    after the wake-up."""
+    loop, runner = asyncio.get_running_loop(), Runner()
+    task = asyncio.create_task(runner.run())
+    while not runner.awake._waiters:  # its first round is done: it waits to be woken
+        await asyncio.sleep(0.01)
+
+    def later(turns: int) -> None:
+        loop.call_soon(later, turns - 1) if turns else task.cancel()
+
+    runner.wake()
+    later(turns)
+    try:
+        await asyncio.wait([task], timeout=2)
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
