@@ -5,11 +5,28 @@ the thread and what it reads there reads nothing written after its removal."""
 import asyncio
 
 import pytest
-from httpx import AsyncClient
+from httpx import AsyncClient, Response
 from sqlalchemy import text
 
 from app.core.db import engine
-from tests.helpers import API1, MakeUser, new_thread, pg_only, send
+from tests.helpers import API1, MakeUser, User, new_thread, pg_only, send
+
+
+async def read_while_removed(
+    client: AsyncClient, url: str, member: User, waits: str, write: str, ids: dict[str, int]
+) -> Response:
+    """`member` reads `url` while a raw connection holds `waits` (a table the read reaches
+    after its membership check), then removes it and commits `write`, as the app makes them."""
+    async with engine.connect() as removal:
+        await removal.execute(text(f"LOCK TABLE {waits} IN ACCESS EXCLUSIVE MODE"))
+        reading = asyncio.create_task(client.get(url, headers=member.headers))
+        await asyncio.sleep(0.3)
+        await removal.execute(text("UPDATE thread SET version = version + 2 WHERE id = :t"), ids)
+        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
+        await removal.execute(text(sql), ids)
+        await removal.execute(text(write), ids)
+        await removal.commit()
+    return await reading
 
 
 @pg_only
@@ -24,18 +41,9 @@ async def test_a_member_removed_while_it_reads_reads_nothing_written_after(
     url = f"/api/threads/{thread['id']}/messages"
     url = url if read == "page" else f"{url}/{sent['id']}"
     ids = {"t": thread["id"], "u": member["id"], "m": sent["id"]}
-    async with engine.connect() as removal:  # the messages wait; the thread is read at once
-        await removal.execute(text("LOCK TABLE message IN ACCESS EXCLUSIVE MODE"))
-        reading = asyncio.create_task(client.get(url, headers=member.headers))
-        await asyncio.sleep(0.3)
-        # The removal, then an edit, each as the app makes it.
-        await removal.execute(text("UPDATE thread SET version = version + 2 WHERE id = :t"), ids)
-        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
-        await removal.execute(text(sql), ids)
-        sql = "UPDATE message SET body = 'after', version = version + 2 WHERE id = :m"
-        await removal.execute(text(sql), ids)
-        await removal.commit()
-    r = await reading
+    # The messages wait; the thread is read at once. The removal, then an edit.
+    edit = "UPDATE message SET body = 'after', version = version + 2 WHERE id = :m"
+    r = await read_while_removed(client, url, member, "message", edit, ids)
     if read == "page":
         assert r.status_code == 200 and r.json() == {"items": [], "has_more": False}, r.text
     else:
@@ -54,14 +62,6 @@ async def test_a_member_removed_while_it_reads_the_thread_gets_404(
     ids = {"t": thread["id"], "u": member["id"]}
     assert (await client.get(url, headers=member.headers)).status_code == 200  # a known caller
     waits = "message" if read == "thread" else '"user"'  # what the check does not read
-    async with engine.connect() as removal:
-        await removal.execute(text(f"LOCK TABLE {waits} IN ACCESS EXCLUSIVE MODE"))
-        reading = asyncio.create_task(client.get(url, headers=member.headers))
-        await asyncio.sleep(0.3)
-        await removal.execute(text("UPDATE thread SET version = version + 2 WHERE id = :t"), ids)
-        sql = "UPDATE membership SET deleted = true WHERE thread_id = :t AND user_id = :u"
-        await removal.execute(text(sql), ids)
-        await removal.execute(text("UPDATE thread SET title = 'after' WHERE id = :t"), ids)
-        await removal.commit()
-    r = await reading
+    rename = "UPDATE thread SET title = 'after' WHERE id = :t"
+    r = await read_while_removed(client, url, member, waits, rename, ids)
     assert r.status_code == 404, r.text
