@@ -239,6 +239,7 @@ async def test_a_change_is_answered_only_once_every_listener_read_it(
         await channel.stop()
 
 
+@pytest.mark.timing
 @pg_only
 @pytest.mark.skipif(bool(settings.events_url), reason="about NOTIFY")
 async def test_a_listener_that_reads_late_holds_the_answer_back() -> None:

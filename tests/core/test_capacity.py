@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 from httpx import AsyncClient
 from sqlalchemy import make_url
 
@@ -16,6 +17,8 @@ from app.core.db import engine
 from app.core.settings import settings
 from tests.helpers import API4, MakeUser, fetch, login, pg_only, signup, sqlite_only
 from tests.servers import serve, serve_suite_db
+
+pytestmark = pytest.mark.timing  # pools of one, short timeouts: deadlines a busy machine misses
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ the scopes a token carries."""
 import statistics
 import time
 
+import pytest
 from httpx import AsyncClient
 
 from app.core.settings import settings
@@ -45,6 +46,7 @@ async def test_failed_logins_all_look_the_same(client: AsyncClient, make_user: M
     assert all(r.headers["www-authenticate"] == "Bearer" for r in answers)
 
 
+@pytest.mark.timing
 @API2
 async def test_login_does_not_reveal_which_emails_exist(
     client: AsyncClient, make_user: MakeUser

@@ -147,6 +147,7 @@ async def test_reset_token_expires(
     assert (await client.post("/api/auth/password-reset/confirm", json=body)).status_code == 400
 
 
+@pytest.mark.timing
 @API2
 async def test_reset_answers_alike_for_unknown_emails(
     client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser

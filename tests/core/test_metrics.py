@@ -17,8 +17,8 @@ async def test_no_metrics_unless_enabled(client: httpx.AsyncClient) -> None:
 def test_metrics_by_route_template(tmp_path: Path) -> None:
     with serve(tmp_path, METRICS_ENABLED="true") as base:
         for user_id in (7, 8, 9):
-            assert httpx.get(f"{base}/api/users/{user_id}").status_code == 401
-        text = httpx.get(f"{base}/metrics").text
+            assert httpx.get(f"{base}/api/users/{user_id}", timeout=30).status_code == 401
+        text = httpx.get(f"{base}/metrics", timeout=30).text
     assert 'http_requests_total{method="GET",route="/api/users/{user_id}",status="401"} 3.0' in text
     assert "/api/users/7" not in text  # raw ids would make a series each
     assert 'http_request_duration_seconds_bucket{le="0.005",method="GET"' in text

@@ -15,7 +15,7 @@ from app.core.settings import settings
 from tests.helpers import API4, PASSWORD, bearer, login
 from tests.servers import clean_env, start
 
-pytestmark = API4
+pytestmark = [API4, pytest.mark.timing]  # slow bodies and hashing, timed
 SLOW_BODY = (
     b"POST /api/auth/signup HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
     b"Content-Length: 100\r\n\r\n{"

@@ -29,14 +29,15 @@ def test_python_m_app_serves_docs_on_a_fresh_sqlite(tmp_path: Path) -> None:
     login = {"username": "root@example.com", "password": "root password"}
     for _ in range(2):  # the second start finds the schema and the superuser in place
         with serve(tmp_path, **su) as base:
-            assert httpx.get(f"{base}/docs").status_code == 200
-            assert "/api/auth/token" in httpx.get(f"{base}/openapi.json").text
-            r = httpx.post(f"{base}/api/auth/token", data=login)
+            assert httpx.get(f"{base}/docs", timeout=30).status_code == 200
+            assert "/api/auth/token" in httpx.get(f"{base}/openapi.json", timeout=30).text
+            r = httpx.post(f"{base}/api/auth/token", data=login, timeout=30)
             assert r.status_code == 200, r.text
             assert r.json()["scope"] == "regular admin superuser"
             r = httpx.post(
                 f"{base}/api/auth/signup",
                 json={"email": "new@example.com", "password": "password", "full_name": "N"},
+                timeout=30,
             )
             assert r.status_code in (201, 409)
     assert (tmp_path / "app.db").exists()
@@ -78,12 +79,12 @@ def test_the_image_runs_in_production_where_the_sample_settings_are_refused(
 
 def test_production_starts_with_a_real_key(tmp_path: Path) -> None:
     with serve(tmp_path, ENVIRONMENT="production", SECRET_KEY=uuid4().hex * 2) as base:
-        assert httpx.get(f"{base}/api/health/ready").status_code == 200
+        assert httpx.get(f"{base}/api/health/ready", timeout=30).status_code == 200
 
 
 def test_sqlite_serves_with_one_worker_and_says_why(tmp_path: Path) -> None:
     with serve(tmp_path, WORKERS="2") as base:
-        assert httpx.get(f"{base}/api/health").status_code == 200
+        assert httpx.get(f"{base}/api/health", timeout=30).status_code == 200
     log = (tmp_path / "server.log").read_text()
     assert "WORKERS=2 ignored: SQLite serves from one process" in log
 

@@ -64,6 +64,7 @@ async def test_one_code_raced_on_two_processes(
                     assert await race(a, b, user["email"], code) == [200, 401]
 
 
+@pytest.mark.timing
 async def test_wrong_passwords_take_as_long_with_a_second_factor(
     client: AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -214,6 +214,7 @@ async def test_tombstones_keep_no_client_id(client: AsyncClient, make_user: Make
     assert tombstone["deleted"] and tombstone["body"] == "" and tombstone["client_id"] is None
 
 
+@pytest.mark.timing
 @pg_only
 @API4
 async def test_a_search_past_its_time_limit_is_503(

@@ -4,6 +4,8 @@ what arrives out of order on the channel is what the hub's sockets get in order.
 import asyncio
 import time
 
+import pytest
+
 from app.messenger.events import ThreadEvent
 from app.messenger.ordering import HOLD_SECONDS, InOrder
 
@@ -30,6 +32,7 @@ def event(version: int, thread_id: int = 1) -> ThreadEvent:
     return ThreadEvent("message.created", thread_id, {"id": version}, version)
 
 
+@pytest.mark.timing
 async def test_a_later_version_waits_for_one_that_never_comes_at_most_the_hold() -> None:
     sockets = Sockets()
     sockets.in_order.add(event(1))

@@ -276,9 +276,13 @@ def test_plain_uvicorn_logs_no_socket_token(tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=settings.database_url)
     with start(ROOT, env, argv=PLAIN_UVICORN, log=log) as server:
         body = {"email": "logs@example.com", "password": PASSWORD, "full_name": "L"}
-        assert httpx.post(f"{server.base}/api/auth/signup", json=body).status_code == 201
+        assert (
+            httpx.post(f"{server.base}/api/auth/signup", json=body, timeout=30).status_code == 201
+        )
         form = {"username": body["email"], "password": PASSWORD}
-        token = httpx.post(f"{server.base}/api/auth/token", data=form).json()["access_token"]
+        token = httpx.post(f"{server.base}/api/auth/token", data=form, timeout=30).json()[
+            "access_token"
+        ]
         host = server.base.removeprefix("http://")
         for query in (f"token={token}", f"%74oken={token}", f"x=1&token={token}"):
             with sync_connect(f"ws://{host}/api/ws?{query}") as ws:

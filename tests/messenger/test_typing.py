@@ -94,6 +94,7 @@ async def test_members_who_block_the_typist_hear_nothing(
         await ws.close()
 
 
+@pytest.mark.timing
 async def test_one_event_per_user_and_thread_every_few_seconds(
     client: AsyncClient, live_server: str, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:

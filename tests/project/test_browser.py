@@ -33,6 +33,7 @@ async def test_swagger_ui_logs_in_and_tries_users_me(tmp_path: Path) -> None:
         r = httpx.post(
             f"{base}/api/auth/signup",
             json={"email": email, "password": PASSWORD, "full_name": "Browser"},
+            timeout=30,
         )
         assert r.status_code == 201
         requested: list[str] = []

@@ -23,9 +23,9 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         # Not the password of the docs' examples, which the fuzzer sends as they are.
         password = f"fuzz-{uuid4()}"
         user = {"email": "fuzz@example.com", "password": password, "full_name": "Fuzz"}
-        assert httpx.post(f"{base}/api/auth/signup", json=user).status_code == 201
+        assert httpx.post(f"{base}/api/auth/signup", json=user, timeout=30).status_code == 201
         form = {"username": user["email"], "password": password}
-        token = httpx.post(f"{base}/api/auth/token", data=form).json()["access_token"]
+        token = httpx.post(f"{base}/api/auth/token", data=form, timeout=30).json()["access_token"]
         excluded = [arg for op in SELF_DESTRUCTIVE for arg in ("--exclude-operation-id", op)]
         run = subprocess.run(
             [
