@@ -90,6 +90,10 @@ class Reaction(SQLModel, table=True):
     message_id: int = Field(foreign_key="message.id")
     user_id: int = Field(foreign_key="user.id")
     emoji: str = Field(max_length=32)
+    # The emoji's place on the message, copied from its earlier rows: it keeps the place of
+    # its first use while anyone still uses it (`id` would move it behind later emoji once
+    # its first user took it back).
+    place: int
 
     # Two identical PUTs racing make one row; it also serves every lookup by message.
     __table_args__ = (UniqueConstraint("message_id", "user_id", "emoji"),)

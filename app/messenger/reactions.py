@@ -34,19 +34,30 @@ class Reactions:
         )
         .where(in_ids(reactions.c.message_id, "ids"))
         .group_by(reactions.c.message_id, reactions.c.emoji)
-        .order_by(reactions.c.message_id, func.min(reactions.c.id))
+        .order_by(reactions.c.message_id, func.min(reactions.c.place))
+    )
+    # The place of the emoji on the message, else one after the last (callers hold the
+    # thread's lock, so no other reaction takes it meanwhile).
+    _place = func.coalesce(
+        select(func.min(reactions.c.place))
+        .where(on_message, reactions.c.emoji == bindparam("emoji"))
+        .scalar_subquery(),
+        select(func.coalesce(func.max(reactions.c.place), 0) + 1)
+        .where(on_message)
+        .scalar_subquery(),
     )
     # Added only while the message has fewer than MAX_EMOJI different ones, or this one
     # already; a twin that got there first makes it add nothing.
     _add = (
         upsert(reactions)
         .from_select(
-            ["message_id", "user_id", "emoji", "created_at"],
+            ["message_id", "user_id", "emoji", "created_at", "place"],
             select(
                 bindparam("message_id", type_=Integer()),
                 bindparam("user_id", type_=Integer()),
                 bindparam("emoji", type_=String()),
                 bindparam("now", type_=UTCDateTime()),
+                _place,
             ).where(
                 or_(
                     select(literal(1))

@@ -173,12 +173,12 @@ async def test_first_use_order_and_me_on_every_message(
     assert [x["me"] for x in await reactions_seen_by(client, cy, message)] == [False, True, False]
     assert await reactions_seen_by(client, cy, other) == []
 
-    # 👍 now first used by ann's row, which came after ❤️'s.
+    # 👍 keeps its place while ann still uses it.
     await unreact(client, bob, message, "👍")
     expected = [
+        {"emoji": "👍", "count": 1, "me": True},
         {"emoji": "❤️", "count": 1, "me": False},
         {"emoji": "🎉", "count": 1, "me": True},
-        {"emoji": "👍", "count": 1, "me": True},
     ]
     assert await reactions_seen_by(client, ann, message) == expected
 
@@ -197,6 +197,26 @@ async def test_first_use_order_and_me_on_every_message(
     await client.delete(f"{base}/messages/{message['id']}", headers=ann.headers)
     changes = (await client.get(f"{base}/changes", headers=ann.headers)).json()["items"]
     assert changes[-1]["deleted"] and changes[-1]["reactions"] == []
+
+
+async def test_an_emoji_keeps_its_place_while_anyone_uses_it(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    ann, bob, cy = await make_user(), await make_user(), await make_user()
+    thread = await new_thread(client, ann, bob, cy)
+    message = await send(client, ann, thread["id"], "lunch?")
+    for user, emoji in ((ann, "👍"), (bob, "❤️"), (cy, "👍"), (cy, "🎉")):
+        assert (await react(client, user, message, emoji)).status_code == 201
+    # Its first user takes it back: 👍 was still first used before ❤️.
+    await unreact(client, ann, message, "👍")
+    seen = await reactions_seen_by(client, bob, message)
+    assert [x["emoji"] for x in seen] == ["👍", "❤️", "🎉"]
+    # Taken back by everyone, it is gone; used again, it is used anew, last.
+    await unreact(client, cy, message, "👍")
+    await react(client, ann, message, "🙂")
+    await react(client, bob, message, "👍")
+    seen = await reactions_seen_by(client, cy, message)
+    assert [x["emoji"] for x in seen] == ["❤️", "🎉", "🙂", "👍"]
 
 
 async def test_a_change_bumps_the_versions_and_is_published(
