@@ -252,8 +252,10 @@ async def events(websocket: WebSocket, token: str = "") -> None:
     # Registered before its user is read: a revocation heard from here on closes it, one
     # committed before is in what is read. Read first, one could pass in between unseen.
     conn = Connection(hub, claims.sub, claims.sid, websocket)
-    if not hub.connect(conn):
-        await websocket.close(CLOSE_TOO_MANY)
+    if not hub.connect(conn):  # a revoked token hears that, not that there is no room
+        caller = await callers.get(token, connect)
+        usable = caller is not None and "regular" in caller.granted
+        await websocket.close(CLOSE_TOO_MANY if usable else CLOSE_BAD_TOKEN)
         return
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(max(0.0, claims.exp - time.time()), conn.close, CLOSE_BAD_TOKEN)

@@ -172,6 +172,23 @@ async def test_a_reused_refresh_token_closes_that_logins_sockets(
     await other_login.close()
 
 
+@API2
+async def test_a_revoked_token_is_4401_even_when_its_user_has_no_socket_to_spare(
+    client: AsyncClient, live_server: str, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(messenger_settings, "ws_max_per_user", 1)
+    user = await make_user()
+    second = User(user, token=(await login(client, user["email"])).json())
+    other_login = await listen(live_server, second)  # the one socket the user may hold
+    refresh = {"refresh_token": user["token"]["refresh_token"]}
+    for expected in (200, 401):  # the second use is a reuse: the first login ends
+        assert (await client.post("/api/auth/refresh", json=refresh)).status_code == expected
+    async with connect(ws_url(live_server, user["token"]["access_token"])) as revoked:
+        assert await close_code(revoked) == 4401
+    await assert_silent(other_login)
+    await other_login.close()
+
+
 @pg_only
 @API2
 async def test_a_reused_refresh_token_closes_sockets_on_every_process(
