@@ -1,9 +1,8 @@
 """The template without its example: in a copy of the repository without the messenger
 (app/messenger/, its two mentions in app/main.py, and the tests of the example and of the
 whole product deleted), `python -m app` serves and the tests of the core pass (but a few slow
-ones of how a process runs). The copy's tests run once, with the SQLite suite: what they
-prove is that nothing of the core needs the example, which no database changes, and a
-second run on PostgreSQL cost CI minutes it does not have."""
+ones of how a process runs), on SQLite and, when the suite runs on PostgreSQL, on a new
+PostgreSQL database."""
 
 import re
 import subprocess
@@ -14,8 +13,8 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import ROOT
-from tests.servers import clean_env, copy_tracked, start
+from tests.helpers import ROOT, pg_only
+from tests.servers import clean_env, copy_tracked, scratch_postgres, start
 
 # Inside the copy there is no messenger to take away (and this file is not there either).
 pytestmark = pytest.mark.skipif(
@@ -87,3 +86,9 @@ def test_the_copy_serves_on_an_empty_sqlite_without_the_example(stripped: Path) 
 @pytest.mark.skipif(not settings.is_sqlite, reason="runs with the SQLite suite")
 def test_the_copys_core_tests_pass_on_sqlite(stripped: Path) -> None:
     core_tests(stripped)
+
+
+@pg_only
+def test_the_copys_core_tests_pass_on_a_new_postgresql_database(stripped: Path) -> None:
+    with scratch_postgres(settings.database_url, "strip") as url:
+        core_tests(stripped, DATABASE_URL=url)
