@@ -121,7 +121,7 @@ REACTIONS_SQL = (  # ... the page's reactions, one row per emoji of each message
     "SELECT reaction.message_id, reaction.emoji, count(*) AS uses, max(CASE WHEN "
     "(reaction.user_id = $1::INTEGER) THEN 1 ELSE 0 END) AS me FROM reaction "
     "WHERE reaction.message_id = ANY ($2::INTEGER[]) GROUP BY reaction.message_id, "
-    "reaction.emoji ORDER BY reaction.message_id, min(reaction.id)"
+    "reaction.emoji ORDER BY reaction.message_id, min(reaction.place)"
 )
 MENTIONS_SQL = (  # ... its mentions (Mentions.of)
     "SELECT mention.message_id, mention.user_id FROM mention "
