@@ -18,8 +18,6 @@ from app.core.settings import settings
 from tests.helpers import API4, MakeUser, fetch, login, pg_only, signup, sqlite_only
 from tests.servers import serve, serve_suite_db
 
-pytestmark = pytest.mark.timing  # pools of one, short timeouts: deadlines a busy machine misses
-
 
 @asynccontextmanager
 async def write_lock() -> AsyncIterator[None]:
@@ -79,6 +77,7 @@ async def test_a_multipart_content_type_does_not_lift_the_limit(client: AsyncCli
         assert r.status_code == 413, r.text
 
 
+@pytest.mark.timing
 @API4
 async def test_a_full_request_queue_answers_503(tmp_path: Path) -> None:
     # Parallel logins of one email are counted before they are checked: allow them all.
@@ -95,6 +94,7 @@ async def test_a_full_request_queue_answers_503(tmp_path: Path) -> None:
     assert all(r.headers["retry-after"] for r in answers if r.status_code == 503)
 
 
+@pytest.mark.timing
 @API4
 async def test_full_hash_queue_is_503_with_retry_after(tmp_path: Path) -> None:
     with serve_suite_db(tmp_path, HASH_QUEUE_SIZE="1") as base:
@@ -106,6 +106,7 @@ async def test_full_hash_queue_is_503_with_retry_after(tmp_path: Path) -> None:
             assert (await signup(http, "later@example.com")).status_code == 201
 
 
+@pytest.mark.timing
 @API4
 @pg_only
 async def test_pool_timeout_is_503_with_retry_after(make_user: MakeUser, tmp_path: Path) -> None:
@@ -127,6 +128,7 @@ async def test_pool_timeout_is_503_with_retry_after(make_user: MakeUser, tmp_pat
             assert (await http.get("/api/users/me", headers=user.headers)).status_code == 200
 
 
+@pytest.mark.timing
 @API4
 @pg_only
 async def test_a_turn_is_waited_for_no_longer_than_the_pool_timeout(
@@ -153,6 +155,7 @@ async def test_a_turn_is_waited_for_no_longer_than_the_pool_timeout(
             assert (await http.get(f"/api/users/{user['id']}")).status_code == 200
 
 
+@pytest.mark.timing
 @API4
 @pg_only
 async def test_a_lock_wait_past_lock_timeout_is_503(make_user: MakeUser, tmp_path: Path) -> None:
@@ -174,6 +177,7 @@ async def test_a_lock_wait_past_lock_timeout_is_503(make_user: MakeUser, tmp_pat
             await admin.commit()
 
 
+@pytest.mark.timing
 @API4
 @pg_only
 async def test_logins_do_not_hold_a_connection_while_hashing(
@@ -194,6 +198,7 @@ async def test_logins_do_not_hold_a_connection_while_hashing(
     assert codes == [200] * 25, codes
 
 
+@pytest.mark.timing
 @API4
 @sqlite_only
 async def test_sqlite_reads_do_not_wait_for_the_write_lock(
