@@ -10,6 +10,7 @@ import pytest
 from httpx import AsyncClient
 from jose import jwt
 
+from app.core.jobs import runner
 from app.core.settings import settings
 from tests.helpers import API2, MakeUser, login, me
 
@@ -53,6 +54,27 @@ async def test_reused_refresh_token_ends_its_chain_only(
     # Another login of the same user is another chain.
     assert await me(client, other_login["access_token"]) == 200
     assert (await refresh(client, other_login)).status_code == 200
+
+
+@API2
+async def test_an_ended_chain_stays_ended_after_the_hourly_chore(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """The chore that prunes logins leaves an ended chain's row until the chain would have
+    expired: SQLite hands a removed highest id to the next row, and the next login then
+    revived every token of the ended chain (and its thief could end the new login)."""
+    user = await make_user()
+    first = user["token"]
+    second = (await refresh(client, first)).json()
+    assert (await refresh(client, first)).status_code == 401  # reused: the chain ends
+
+    await runner.chore()
+
+    again = (await login(client, user["email"])).json()
+    assert await me(client, second["access_token"]) == 401
+    assert (await refresh(client, second)).status_code == 401
+    assert await me(client, again["access_token"]) == 200
+    assert (await refresh(client, again)).status_code == 200
 
 
 @API2

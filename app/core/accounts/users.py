@@ -166,12 +166,9 @@ class Users(Repository[UserRow]):
             publish(self.conn, UserChanged(user_id=user_id, revoked=True, session_id=sid))
 
     async def prune(self) -> None:
-        """Logins that ended or expired: what keeps the table bounded."""
-        await self.conn.execute(
-            delete(sessions).where(
-                or_(sessions.c.expires_at < utcnow(), sessions.c.deleted == true())
-            )
-        )
+        """Logins that expired: what keeps the table bounded. An ended one stays until then:
+        its tokens name its id, and SQLite gives a removed highest id to the next row."""
+        await self.conn.execute(delete(sessions).where(sessions.c.expires_at < utcnow()))
 
 
 class MailTokens(Repository[TokenRow]):
