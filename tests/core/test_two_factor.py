@@ -8,6 +8,7 @@ import pyotp
 import pytest
 from httpx import AsyncClient
 
+from app.core.jobs import runner
 from app.core.settings import settings
 from tests.core.two_factor import (
     INVALID,
@@ -101,6 +102,24 @@ async def test_a_code_works_once_and_only_near_now(
     assert (r.status_code, r.json()) == (401, INVALID)
     # One step ahead of the server's clock is fine.
     assert (await log_in(client, user["email"], factor.code(2))).status_code == 200
+
+
+async def test_a_step_older_than_the_newest_accepted_works_once_if_unused(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """Each step near now works once: a step accepted before is refused, not every step
+    older than it (enabled with the next step's code, now's and the previous one's work)."""
+    user = await make_user()
+    factor = await turn_on(client, user, offset=1)  # with the code of the step after now
+    r = await log_in(client, user["email"], factor.code(0))
+    assert (r.status_code, r.json()) == (401, INVALID)
+    for offset in (-1, -2):  # now, then the step before it
+        r = await log_in(client, user["email"], factor.code(offset))
+        assert r.status_code == 200, (offset, r.text)
+    await runner.chore()  # its pruning keeps the steps that could still come back
+    for offset in (0, -1, -2):
+        r = await log_in(client, user["email"], factor.code(offset))
+        assert (r.status_code, r.json()) == (401, INVALID), offset
 
 
 async def test_a_wrong_code_is_a_failed_login(client: AsyncClient, make_user: MakeUser) -> None:

@@ -2,7 +2,7 @@
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.accounts import admin, auth_routes, service, user_routes
+from app.core.accounts import admin, auth_routes, service, twofactor, user_routes
 from app.core.accounts.tokens import callers
 from app.core.accounts.users import MailTokens, Users
 from app.core.events import Listening, UserChanged, on, on_commit
@@ -32,6 +32,7 @@ MAILS = {
 async def prune(conn: AsyncConnection) -> None:
     await Users(conn).prune()
     await MailTokens(conn).prune()
+    await twofactor.prune(conn)
 
 
 accounts = Feature(

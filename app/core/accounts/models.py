@@ -75,10 +75,9 @@ class User(UserBase, Base, table=True):
     # Part of every token; bumping it revokes all tokens issued before.
     token_version: int = 0
     # Two-factor login (app.core.accounts.twofactor): the TOTP secret, encrypted; pending
-    # until a first code enables it. The newest 30 s step accepted: no code works twice.
+    # until a first code enables it. The steps it accepted: `UsedStep`.
     two_factor_enabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     totp_secret: str | None = Field(default=None, max_length=255)
-    totp_last_step: int | None = None
 
     # A deleted user's email can register again.
     __table_args__ = (unique_live("uq_user_email_live", "email"),)
@@ -119,6 +118,17 @@ class RecoveryCode(SQLModel, table=True):
     code_hash: str = Field(max_length=64, primary_key=True)
 
 
+class UsedStep(SQLModel, table=True):
+    """A 30 s TOTP step accepted for a user, which never works again for that user: one row
+    each, so a step of the drift window not yet accepted still works (one older than the
+    newest accepted included), and accepting one is one INSERT two requests cannot both make."""
+
+    __tablename__ = "totp_step"
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    step: int = Field(primary_key=True)
+
+
 class TokenRow(SQLModel):
     id: int
     kind: str
@@ -157,7 +167,6 @@ class UserRow(UserPrivate):
     token_version: int
     deleted: bool
     totp_secret: str | None
-    totp_last_step: int | None
 
 
 class UserUpdateMe(Patch):

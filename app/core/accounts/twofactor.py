@@ -15,13 +15,14 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel
-from sqlalchemy import bindparam, delete, insert, or_, update
+from sqlalchemy import bindparam, delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.accounts.models import RecoveryCode, UserRow
-from app.core.accounts.users import Users, users
+from app.core.accounts.models import RecoveryCode, UsedStep, UserRow
+from app.core.accounts.users import Users
 from app.core.errors import Conflict, DomainError
 from app.core.models import table
+from app.core.repository import upsert
 from app.core.settings import settings
 
 STEP_SECONDS, DRIFT = 30, 1
@@ -30,7 +31,7 @@ RECOVERY_CODES, CODE_LENGTH = 10, 10
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 NO_SETUP = "No pending two-factor setup"
 
-codes = table(RecoveryCode)
+codes, steps = table(RecoveryCode), table(UsedStep)
 
 
 class TwoFactorSetup(BaseModel):
@@ -100,16 +101,13 @@ class TwoFactor:
     """A user's second factor, on one connection: setting it up, turning it on and off,
     and using a code up."""
 
-    # Accepts a step only if it is newer than every step accepted before for the user: a
-    # replay (even within its 30 s, even on another process) finds the row changed.
+    # Accepts a step only if it was never accepted for the user: a replay (even within its
+    # 30 s, even on another process) finds its row there, or waits for it to commit.
     _accept_step = (
-        update(users)
-        .where(
-            users.c.id == bindparam("b_id"),
-            or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < bindparam("b_step")),
-        )
-        .values(totp_last_step=bindparam("b_step"))
-        .returning(users.c.id)
+        upsert(steps)
+        .values(user_id=bindparam("b_id"), step=bindparam("b_step"))
+        .on_conflict_do_nothing()
+        .returning(steps.c.user_id)
     )
     _use_code = (
         delete(codes)
@@ -152,7 +150,7 @@ class TwoFactor:
 
     async def accept(self, user: UserRow, code: str) -> bool:
         """Use up `code` of a user whose two-factor login is on: a TOTP code of a step
-        newer than any accepted before, or an unused recovery code. False, with nothing
+        never accepted before, or an unused recovery code. False, with nothing
         used up, for anything else."""
         if not user.two_factor_enabled:
             return False
@@ -173,7 +171,14 @@ class TwoFactor:
         return (await self.conn.execute(self._accept_step, params)).first() is not None
 
     async def turn_off(self, user_id: int) -> UserRow:
-        """Off: the secret and the recovery codes are deleted. The last accepted step stays:
-        a step once accepted for a user never works again, whatever its secret."""
+        """Off: the secret and the recovery codes are deleted. The accepted steps stay: a
+        step once accepted for a user never works again, whatever its secret."""
         await self.conn.execute(delete(codes).where(codes.c.user_id == user_id))
         return await self.users.change(user_id, two_factor_enabled=False, totp_secret=None)
+
+
+async def prune(conn: AsyncConnection) -> None:
+    """Accepted steps that have left every process's window: the table stays bounded.
+    Kept a few minutes more than needed, for clocks that disagree a little."""
+    oldest = int(time.time()) // STEP_SECONDS - DRIFT - 10
+    await conn.execute(delete(steps).where(steps.c.step < oldest))

@@ -18,7 +18,7 @@ from app.core.settings import settings
 
 users, sessions, tokens = table(User), table(AuthSession), table(MailToken)
 # Columns only the checks of a password or a code read: never part of a Caller.
-SECRETS = {"hashed_password", "totp_secret", "totp_last_step"}
+SECRETS = {"hashed_password", "totp_secret"}
 
 
 def holds(scope: str) -> ColumnElement[bool]:
