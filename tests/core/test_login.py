@@ -72,6 +72,9 @@ async def test_login_username_is_normalised_and_scopes_checked(client: AsyncClie
     assert (await signup(client, "ada@example.com")).status_code == 201
     r = await login(client, "  Ada@Example.COM ")
     assert r.status_code == 200, r.text
+    # Signup takes a name with the address ("Ada <ada@example.com>"): so does the login.
+    r = await login(client, "Ada Lovelace <ADA@example.com>")
+    assert r.status_code == 200, r.text
     r = await login(client, "ada@example.com", scope="regular root")
     assert r.status_code == 400
 

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
 
-from email_validator import EmailNotValidError, validate_email
 from fastapi.concurrency import run_in_threadpool
 from passlib.context import CryptContext
+from pydantic import TypeAdapter, ValidationError
 
-from app.core.accounts.models import EMAIL_LENGTH
+from app.core.accounts.models import Email
 from app.core.errors import Unavailable
 from app.core.settings import settings
 
@@ -66,11 +66,13 @@ def _dummy_hash() -> str:
     return pwd_context.hash("not a password anyone has")
 
 
+_email = TypeAdapter(Email)
+
+
 def normalise_email(value: str) -> str | None:
-    """As signup stores emails (email-validator's normalisation, then lower case); None for
-    what is no email."""
+    """As signup stores emails: its own type (surrounding spaces and a name around the
+    address, "Ada <ada@example.com>", are dropped); None for what is no email."""
     try:
-        email = validate_email(value, check_deliverability=False).normalized.lower()
-    except EmailNotValidError:
+        return _email.validate_python(value)
+    except ValidationError:
         return None
-    return email if len(email) <= EMAIL_LENGTH else None
