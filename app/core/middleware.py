@@ -113,7 +113,8 @@ class BodyGuard:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         # The path decides, not the client's Content-Type alone: that would lift every route's.
-        multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        # A media type is case-insensitive (RFC 9110), as the upload's own parser reads it.
+        multipart = headers.get("content-type", "").lower().startswith("multipart/form-data")
         upload = multipart and scope["path"] in self.upload_paths
         limit = settings.max_upload_bytes + UPLOAD_FRAMING if upload else MAX_BODY_SIZE
         length = headers.get("content-length", "")

@@ -126,6 +126,18 @@ async def test_no_file_is_422(
     assert await fetch("SELECT id FROM upload") == []
 
 
+async def test_a_media_type_in_capitals_is_an_upload_too(
+    client: AsyncClient, make_user: MakeUser, backend: Backend
+) -> None:
+    """Media types are case-insensitive: past the 1 MiB of other bodies, it still counts."""
+    me = await make_user()
+    body, headers = multipart(b"x" * (2 * MiB))
+    kind = headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")
+    r = await post_upload(client, me, body, {"Content-Type": kind})
+    assert r.status_code == 201, r.text
+    assert r.json()["size"] == 2 * MiB
+
+
 async def test_only_the_first_file_part_counts(
     client: AsyncClient, make_user: MakeUser, backend: Backend
 ) -> None:
