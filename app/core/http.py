@@ -19,15 +19,30 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.websockets import WebSocket, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.core.errors import DomainError, Invalid
 from app.core.middleware import BodyGuard, RequestLog
 from app.core.settings import settings
 
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's own, except for a handshake its parser refuses: a request line or header
+    over 8 KiB (a browser's large cookies) or more than 128 headers. uvicorn leaves that
+    refusal unsent and the connection open, so the client would wait for ever."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            self.transport.write(b"".join(self.conn.data_to_send()))  # its 414 or 431
+            self.transport.close()
+
+
 # How uvicorn serves WebSockets, wherever it is started. Clients have nothing to send but
 # pings: a message over 4 KiB closes the socket (1009) before more of it is read, and no
 # compression is offered, so no small frame can inflate into a big one.
 WEBSOCKET_OPTIONS: dict[str, Any] = {
+    "ws": WebSocketProtocol,
     "ws_max_size": 4096,
     "ws_per_message_deflate": False,
     "ws_ping_interval": 20,  # heartbeats, so dead sockets are dropped

@@ -2,6 +2,7 @@
 holds, cursors checked before they reach the database, and errors that show nothing of the
 server's insides."""
 
+import asyncio
 import base64
 from typing import Any
 
@@ -101,3 +102,29 @@ async def test_cursors_at_the_edges_are_400(
         "/api/threads", params={"cursor": encode_cursor(value)}, headers=user.headers
     )
     assert r.status_code == 400, r.text
+
+
+async def test_a_socket_handshake_too_large_is_answered_and_closed(
+    live_server: str, make_user: MakeUser
+) -> None:
+    """A request line or header over 8 KiB (a browser's large cookies), or more than 128
+    headers, is refused at once: not left waiting on an open connection."""
+    user = await make_user()
+    target = f"/api/ws?token={user['token']['access_token']}"
+    cases = {
+        "url": (target + "&pad=" + "p" * 9000, ""),
+        "cookie": (target, "Cookie: a=" + "b" * 9000 + "\r\n"),
+        "headers": (target, "".join(f"X-{i}: y\r\n" for i in range(200))),
+    }
+    host, port = live_server.split(":")
+    for name, (path, extra) in cases.items():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {live_server}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # to its end: the server closes the connection
+        writer.close()
+        assert answer.split(b" ", 2)[1] in (b"414", b"431"), (name, answer[:80])
