@@ -97,9 +97,9 @@ async def serve(upload: UploadRow, if_none_match: str | None) -> Response:
     """The bytes, streamed, under headers that keep a browser from running them: a file
     served from our origin must never act as a page of it."""
     etag = f'"{upload.sha256}"'
-    if if_none_match and etag in (
-        tag.strip().removeprefix("W/") for tag in if_none_match.split(",")
-    ):
+    # `*` matches any representation there is (RFC 9110, 13.1.2): a cache that has one.
+    tags = {tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")}
+    if etag in tags or "*" in tags:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     inline = upload.content_type in INLINE
     url = await files().url(
