@@ -8,11 +8,12 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import TypeGuard
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.core import metrics
-from app.core.accounts.tokens import callers
+from app.core.accounts.tokens import Caller, callers
 from app.core.db import connect
 from app.core.events import Listening, UserChanged, bus
 from app.messenger.events import ThreadEvent
@@ -253,8 +254,7 @@ async def events(websocket: WebSocket, token: str = "") -> None:
     # committed before is in what is read. Read first, one could pass in between unseen.
     conn = Connection(hub, claims.sub, claims.sid, websocket)
     if not hub.connect(conn):  # a revoked token hears that, not that there is no room
-        caller = await callers.get(token, connect)
-        usable = caller is not None and "regular" in caller.granted
+        usable = _usable(await callers.get(token, connect))
         await websocket.close(CLOSE_TOO_MANY if usable else CLOSE_BAD_TOKEN)
         return
     loop = asyncio.get_running_loop()
@@ -264,7 +264,7 @@ async def events(websocket: WebSocket, token: str = "") -> None:
         caller = await callers.get(token, connect)
         # `ready` promises every later commit: not while events may go unheard. Should the
         # listener drop from here until `ready`, the hub closes this socket with 1012.
-        if caller is None or "regular" not in caller.granted:
+        if not _usable(caller):
             conn.close(CLOSE_BAD_TOKEN)
         elif await hub.heard():
             async with connect() as session:
@@ -280,6 +280,11 @@ async def events(websocket: WebSocket, token: str = "") -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         hub.disconnect(conn)
+
+
+def _usable(caller: Caller | None) -> TypeGuard[Caller]:
+    """A token whose user may still listen: not revoked, not deactivated."""
+    return caller is not None and "regular" in caller.granted
 
 
 async def _drain(websocket: WebSocket) -> None:
