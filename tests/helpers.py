@@ -205,6 +205,24 @@ async def next_event(ws: ClientConnection, timeout: float = 5, since: int | None
     return event
 
 
+async def in_order_or_1012(ws: ClientConnection, count: int, since: int) -> tuple[list[int], int]:
+    """The versions of up to `count` events after `since`, which must come in version order;
+    fewer only if the socket was closed with 1012 (an event came later than the hold: a
+    busy machine). With them, the version the client has seen every change up to, from which
+    the changes feed brings it the rest."""
+    versions: list[int] = []
+    try:
+        while len(versions) < count:
+            versions.append((await next_event(ws, since=since))["version"])
+    except ConnectionClosed:
+        assert ws.close_code == 1012, ws.close_code
+    assert versions == sorted(set(versions)), "out of order, and the socket not told"
+    unbroken = since
+    while unbroken + 1 in versions:
+        unbroken += 1
+    return versions, unbroken
+
+
 async def assert_silent(ws: ClientConnection, wait: float = 0.3, since: int | None = None) -> None:
     """Nothing arrives for `wait` seconds, but changes up to `since` that may come or not."""
     with pytest.raises(TimeoutError):

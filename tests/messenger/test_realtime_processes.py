@@ -22,6 +22,7 @@ from tests.helpers import (
     assert_silent,
     bearer,
     close_code,
+    in_order_or_1012,
     next_event,
     pg_only,
     sign_up,
@@ -121,16 +122,7 @@ async def test_order_holds_across_processes(servers: list[str], peers: list[Peer
         sent = await asyncio.gather(*(p.send(thread_id, f"m{n}") for n in range(10) for p in peers))
         by_version = {m["version"]: m["id"] for m in sent}
         for ws in (ws0, ws1):
-            versions: list[int] = []
-            try:
-                while len(versions) < len(sent):
-                    versions.append((await next_event(ws))["version"])
-            except ConnectionClosed:
-                assert ws.close_code == 1012
-            assert versions == sorted(set(versions)), "out of order, and the socket not told"
-            unbroken = min(by_version) - 1
-            while unbroken + 1 in versions:
-                unbroken += 1
+            versions, unbroken = await in_order_or_1012(ws, len(sent), min(by_version) - 1)
             caught_up = await a.http.get(
                 f"/api/threads/{thread_id}/changes", params={"since": unbroken, "limit": 100}
             )
