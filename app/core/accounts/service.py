@@ -217,8 +217,10 @@ async def resend_verification(conn: AsyncConnection, caller: Caller) -> bool:
     """False when there is nothing to verify."""
     if caller.email_verified:
         return False
-    await mail_allowed(conn, caller.id)
+    # The user's row (taken by the mail), then its mail count: the order an email change
+    # takes them in, so the two racing cannot deadlock. Past the limit, all is rolled back.
     await MailTokens(conn).mail("verify", caller.id, caller.email)
+    await mail_allowed(conn, caller.id)
     return True
 
 
