@@ -107,3 +107,18 @@ async def test_reset_confirm_checks_its_token_before_hashing(client: AsyncClient
     body = {"token": "not a token anyone was mailed", "password": "a new passphrase"}
     confirm = partial(client.post, "/api/auth/password-reset/confirm", json=body)
     assert await best_of(3, confirm, 400) < await hashing_time(client) / 2
+
+
+async def test_a_signup_refused_for_a_full_hashing_queue_uses_up_no_signup(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 created no account: once the burst is over, the address may still sign up, as
+    a login refused so is no failed login."""
+    monkeypatch.setattr(settings, "signups_per_address_per_hour", 2)
+    monkeypatch.setattr(settings, "hash_queue_size", 0)
+    body = {"email": "burst@example.com", "password": PASSWORD, "full_name": "B"}
+    for _ in range(3):
+        r = await client.post("/api/auth/signup", json=body)
+        assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
+    monkeypatch.setattr(settings, "hash_queue_size", 32)
+    assert (await client.post("/api/auth/signup", json=body)).status_code == 201

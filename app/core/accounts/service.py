@@ -112,9 +112,15 @@ async def mail_allowed(conn: AsyncConnection, user_id: int) -> None:
 
 
 async def sign_up(body: UserCreate, address: str) -> UserRow:
+    key, allowed = f"signup:{address}", settings.signups_per_address_per_hour
     async with begin() as conn:  # counted and committed before any hashing
-        await limits.limit(conn, f"signup:{address}", settings.signups_per_address_per_hour, HOUR)
-    hashed = await hash_password(body.password)
+        window = await limits.limit(conn, key, allowed, HOUR)
+    try:
+        hashed = await hash_password(body.password)
+    except Unavailable:  # nothing hashed, nobody signed up: a burst uses up no signups
+        async with begin() as conn:
+            await limits.uncount(conn, key, window)
+        raise
     async with begin() as conn:
         user = await Users(conn).create(
             email=body.email, full_name=body.full_name, hashed_password=hashed
