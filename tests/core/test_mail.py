@@ -55,7 +55,7 @@ async def test_resend_and_email_change(
     notice = await inbox.wait(user["email"], 3)  # the old address is told
     assert "new@example.com" in notice and "token" not in notice
     r = await client.post("/api/auth/verify-email", json={"token": second})
-    assert r.status_code == 400  # superseded by the change
+    assert r.status_code == 204  # still the email: only a mail to it supersedes its token
     assert (await client.post("/api/auth/verify-email", json={"token": third})).status_code == 204
     me = (await client.get("/api/users/me", headers=user.headers)).json()
     assert me["email"] == "new@example.com" and me["email_verified"] and me["pending_email"] is None
@@ -197,3 +197,33 @@ async def test_reset_requests_are_limited_per_address_but_are_no_failed_logins(
         assert r.status_code == (202 if n < 3 else 429), n
     # An office behind one address still logs in.
     assert (await login(client, user["email"])).status_code == 200
+
+
+async def test_a_pending_change_and_a_resend_leave_each_others_tokens_working(
+    client: httpx.AsyncClient, inbox: Inbox, make_user: MakeUser
+) -> None:
+    """A token works for the address it was mailed to while that is the email, or the
+    pending one: a mail to the other address supersedes nothing of it."""
+    user = await make_user()
+    signup_token = token_of(await inbox.wait(user["email"]))
+    change = {"email": "later@example.com", "current_password": PASSWORD}
+    assert (
+        await client.patch("/api/users/me", headers=user.headers, json=change)
+    ).status_code == 200
+    pending = token_of(await inbox.wait("later@example.com"))
+    r = await client.post("/api/auth/verify-email", json={"token": signup_token})
+    assert r.status_code == 204
+    me = (await client.get("/api/users/me", headers=user.headers)).json()
+    assert me["email_verified"] and me["pending_email"] == "later@example.com"
+    other = await make_user()
+    change = {"email": "elsewhere@example.com", "current_password": PASSWORD}
+    assert (
+        await client.patch("/api/users/me", headers=other.headers, json=change)
+    ).status_code == 200
+    moved = token_of(await inbox.wait("elsewhere@example.com"))
+    r = await client.post("/api/auth/verify-email/resend", headers=other.headers)
+    assert r.status_code == 202
+    assert (await client.post("/api/auth/verify-email", json={"token": moved})).status_code == 204
+    me = (await client.get("/api/users/me", headers=other.headers)).json()
+    assert me["email"] == "elsewhere@example.com" and me["pending_email"] is None
+    assert (await client.post("/api/auth/verify-email", json={"token": pending})).status_code == 204

@@ -183,11 +183,13 @@ class MailTokens(Repository[TokenRow]):
     _user = select(users.c.id).where(users.c.id == bindparam("id")).with_for_update(key_share=True)
 
     async def mail(self, kind: str, user_id: int, email: str) -> None:
-        """A new token, superseding the user's earlier ones of this kind, and its mail."""
+        """A new token, superseding the user's earlier ones of this kind mailed to `email`,
+        and its mail. One mailed elsewhere stays: a pending email's token works beside a
+        resent one for the email, and either is refused once its address is neither."""
         # The user's row first: a second mail racing this one (two processes' runners each
         # on a reset request) waits, then voids this token, not only what it saw committed.
         await self.conn.execute(self._user, {"id": user_id})
-        await self.void(user_id, kind)
+        await self.void(user_id, kind, email)
         token = secrets.token_urlsafe(32)
         expires = utcnow() + LIFETIMES[kind]()
         await self.create(
@@ -195,12 +197,14 @@ class MailTokens(Repository[TokenRow]):
         )
         await Outbox(self.conn).queue(kind, email, token=token)
 
-    async def void(self, user_id: int, kind: str) -> None:
-        await self.conn.execute(
-            update(tokens)
-            .where(tokens.c.user_id == user_id, tokens.c.kind == kind, live(tokens))
-            .values(deleted=True, updated_at=utcnow())
+    async def void(self, user_id: int, kind: str, email: str | None = None) -> None:
+        """The user's live tokens of `kind`; only those mailed to `email` if given."""
+        stmt = update(tokens).where(
+            tokens.c.user_id == user_id, tokens.c.kind == kind, live(tokens)
         )
+        if email is not None:
+            stmt = stmt.where(tokens.c.email == email)
+        await self.conn.execute(stmt.values(deleted=True, updated_at=utcnow()))
 
     async def peek(self, kind: str, token: str) -> TokenRow | None:
         """The token if it would work now; nothing is used up."""
