@@ -49,9 +49,10 @@ class Runner:
         message.set_content(body.format(url=settings.frontend_url.rstrip("/"), **row.data))
         return message
 
-    async def deliver(self, rows: list[MailRow], sent: list[int]) -> None:
-        """Send over one SMTP connection, adding to `sent` what went out. Without SMTP_HOST:
-        the log in development, nowhere in production."""
+    async def deliver(self, rows: list[MailRow], sent: list[int], deadline: float) -> None:
+        """Send over one SMTP connection until `deadline` (the event loop's clock), adding
+        to `sent` what went out. Without SMTP_HOST: the log in development, nowhere in
+        production."""
         if not settings.smtp_host:
             for row in rows:
                 if settings.environment == "development":
@@ -74,7 +75,7 @@ class Runner:
             timeout=10,
         )
         try:
-            async with asyncio.timeout(LEASE.total_seconds() / 2), smtp:
+            async with asyncio.timeout_at(deadline), smtp:
                 for row in rows:
                     try:
                         message = self.render(row)
@@ -102,16 +103,23 @@ class Runner:
             rows = await Outbox(conn).claim(BATCH, LEASE)
         ran: list[int] = []  # jobs: marked done in their own transaction
         sent: list[int] = []
+        # All of the round within half its lease: past the lease another process claims the
+        # same rows, and would send the mail again. Mail first: a job that hangs (storage
+        # away) must not take its time, and is cut short (rolled back) at the deadline.
+        deadline = asyncio.get_running_loop().time() + LEASE.total_seconds() / 2
         try:
+            await self.deliver([r for r in rows if r.kind not in self.jobs], sent, deadline)
             for job in (r for r in rows if r.kind in self.jobs):
+                if asyncio.get_running_loop().time() >= deadline:
+                    log.warning("round out of time: its remaining jobs wait their retry")
+                    break
                 try:
-                    async with begin(queued=False) as conn:
+                    async with asyncio.timeout_at(deadline), begin(queued=False) as conn:
                         await self.jobs[job.kind](conn, job)
                         await Outbox(conn).done([job.id])
                     ran.append(job.id)
                 except Exception:
                     log.exception("job %s failed, will retry", job.kind)
-            await self.deliver([r for r in rows if r.kind not in self.jobs], sent)
         finally:
             # Whatever happened, what went out is marked so, and the rest waits its retry:
             # a row left leased would be sent again once the lease ran out.
