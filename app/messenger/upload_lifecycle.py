@@ -52,7 +52,11 @@ async def purge(conn: AsyncConnection, job: MailRow) -> None:
     """The outbox job (PURGE): one deleted upload's bytes."""
     row = (await conn.execute(_purge, {"upload": int(job.data["id"])})).first()
     if row is not None:  # else done by an earlier run
-        await files().delete(row.key)
+        try:
+            await files().delete(row.key)
+        except Exception as exc:  # its text may name the key (a path on disk): logged by id
+            name = type(exc).__name__
+            raise RuntimeError(f"upload {job.data['id']}: bytes not deleted: {name}") from None
         metrics.UPLOAD_BYTES.dec(row.size)
 
 

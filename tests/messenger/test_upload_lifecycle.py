@@ -167,6 +167,7 @@ async def test_a_failed_purge_is_retried(
     disk: Backend,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     me = await make_user()
     thread = await new_thread(client, me)
@@ -206,3 +207,5 @@ async def test_a_failed_purge_is_retried(
         return job.attempts == 2 and job.sent_at is not None
 
     await until(done)
+    # Its failure was logged by the upload's id, never by its key (in a path on disk).
+    assert f"upload {up['id']}: bytes not deleted" in caplog.text and key not in caplog.text
