@@ -22,6 +22,7 @@ router = APIRouter(
     prefix="/uploads", tags=["uploads"], responses=errors(401, 403, 404), route_class=Route
 )
 INLINE = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+CACHE = "private, no-cache"  # kept by the browser, and asked again with If-None-Match
 MULTIPART: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -100,7 +101,10 @@ async def serve(upload: UploadRow, if_none_match: str | None) -> Response:
     # `*` matches any representation there is (RFC 9110, 13.1.2): a cache that has one.
     tags = {tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")}
     if etag in tags or "*" in tags:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        # As the 200's (RFC 9110, 15.4.5): a cache takes a 304's headers for its copy's, and
+        # the default no-store would have it drop the copy it was just told to keep.
+        headers = {"ETag": etag, "Cache-Control": CACHE}
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     inline = upload.content_type in INLINE
     url = await files().url(
         upload.key, filename=upload.filename, content_type=upload.content_type, inline=inline
@@ -119,7 +123,7 @@ async def serve(upload: UploadRow, if_none_match: str | None) -> Response:
         "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(upload.filename, safe='')}",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox",
-        "Cache-Control": "private, no-cache",  # kept, and asked again with If-None-Match
+        "Cache-Control": CACHE,
     }
     return StreamingResponse(chain(first, chunks), media_type=upload.content_type, headers=headers)
 

@@ -270,6 +270,8 @@ async def test_etag_and_if_none_match(
         r = await client.get(url, headers={**me.headers, "If-None-Match": given})
         assert r.status_code == 304 and r.content == b""
         assert r.headers["etag"] == etag
+        # What a 200 would say: a browser's copy stays cached, to be asked about again.
+        assert r.headers["cache-control"] == "private, no-cache"
     r = await client.get(url, headers={**me.headers, "If-None-Match": '"other"'})
     assert r.status_code == (200 if backend.name == "disk" else 307)
 
