@@ -120,6 +120,7 @@ class BodyGuard:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return await refusal(TOO_LARGE)(scope, receive, send)
+        has_body = (length.isdigit() and int(length) > 0) or "transfer-encoding" in headers
         deadline = time.monotonic() + settings.request_body_timeout_seconds
         refused: tuple[int, str] | None = None
         size, whole, started = 0, False, False
@@ -147,6 +148,10 @@ class BodyGuard:
         async def send_unless_refused(message: Message) -> None:
             nonlocal started
             if not refused:
+                if message["type"] == "http.response.start" and has_body and not whole:
+                    # Answered before its body was read (a 401, a 404): uvicorn would read
+                    # and drop the rest for as long as the client sends it, past any deadline.
+                    MutableHeaders(scope=message).append("Connection", "close")
                 started = True
                 await send(message)
 

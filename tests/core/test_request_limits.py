@@ -122,3 +122,36 @@ async def test_a_signup_refused_for_a_full_hashing_queue_uses_up_no_signup(
         assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
     monkeypatch.setattr(settings, "hash_queue_size", 32)
     assert (await client.post("/api/auth/signup", json=body)).status_code == 201
+
+
+@pytest.mark.parametrize("path", ["/api/uploads", "/api/no-such-route"])
+async def test_a_body_answered_before_it_is_read_holds_no_connection(
+    tmp_path: Path, path: str
+) -> None:
+    """A request answered without its body being read (no login, no such route): a
+    client that trickles that body on, past REQUEST_BODY_TIMEOUT_SECONDS, has its
+    connection closed, as if the body had been read."""
+    with start(tmp_path, env(REQUEST_BODY_TIMEOUT_SECONDS="2")) as server:
+        url = urlsplit(server.base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\n\r\n1\r\n-\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.split(b" ")[1] in (b"401", b"404"), head
+        closed = False
+        for _ in range(8):  # a byte a second: never the keep-alive timeout's 5 s of quiet
+            try:
+                writer.write(b"1\r\n-\r\n")
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 1)  # the rest of the answer, to its end
+                closed = True
+            except TimeoutError:
+                continue
+            except OSError:  # already closed: refused
+                closed = True
+            break
+        writer.close()
+        assert closed
