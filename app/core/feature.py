@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core import health, limits
-from app.core.db import refuse_a_hidden_pooler
+from app.core.db import refuse_a_hidden_pooler, transaction
 from app.core.events import Listening, MailQueued, Subscription, on
 from app.core.jobs import Chore, Job, Template, runner
 from app.core.settings import settings
@@ -31,7 +31,7 @@ class Feature:
     subscriptions: Sequence[Subscription] = ()
     jobs: Mapping[str, Job] = field(default_factory=dict)  # outbox rows of these kinds
     mails: Mapping[str, Template] = field(default_factory=dict)  # mail of these kinds
-    chores: Sequence[Chore] = ()  # hourly, in a transaction (pruning)
+    chores: Sequence[Chore] = ()  # hourly, each taking its transactions (pruning)
     startup: Sequence[Callable[[], Awaitable[None]]] = ()  # once, before serving
     services: Sequence[Service] = ()  # started after the event bus, stopped before it
     # Full paths whose multipart bodies may reach MAX_UPLOAD_BYTES (others: 1 MiB).
@@ -40,7 +40,8 @@ class Feature:
 
 async def prune_counters(conn: AsyncConnection) -> None:
     longest = max(settings.login_failure_window_seconds, 3600)
-    await limits.prune(conn, timedelta(seconds=longest))
+    async with transaction(conn):
+        await limits.prune(conn, timedelta(seconds=longest))
 
 
 core = Feature(

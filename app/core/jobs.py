@@ -25,7 +25,10 @@ POLL_SECONDS, BATCH, LEASE = 5.0, 50, timedelta(minutes=2)
 CHORE_ROUNDS = 720  # about hourly, at one round per poll
 
 # A job runs in a transaction that also marks its row done; mail is rendered from a
-# template (subject, body with `str.format` fields: `url` and the row's data).
+# template (subject, body with `str.format` fields: `url` and the row's data). A chore gets
+# a connection and takes the transactions its writes need (app.core.db.transaction): one
+# that waits on something else (the storage) must not hold a transaction meanwhile, which
+# on SQLite is the one write lock of every request.
 Job = Callable[[AsyncConnection, MailRow], Awaitable[None]]
 Chore = Callable[[AsyncConnection], Awaitable[None]]
 Template = tuple[str, str]
@@ -134,7 +137,8 @@ class Runner:
     async def chore(self) -> None:
         async with begin(queued=False) as conn:
             await Outbox(conn).prune(timedelta(days=settings.mail_retention_days))
-            for chore in self.chores:
+        for chore in self.chores:
+            async with connect(queued=False) as conn:
                 await chore(conn)
 
     async def run(self) -> None:

@@ -5,12 +5,14 @@ finds what a crash left behind either way: bytes without a row, rows without byt
 process then sets its gauge of bytes stored from the database."""
 
 import logging
+from contextlib import nullcontext
 from datetime import timedelta
 
 from sqlalchemy import bindparam, false, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core import metrics
+from app.core.db import transaction
 from app.core.models import UTCDateTime, utcnow
 from app.core.outbox import MailRow, Outbox
 from app.core.repository import live
@@ -63,19 +65,27 @@ async def purge(conn: AsyncConnection, job: MailRow) -> None:
 async def expire(conn: AsyncConnection) -> None:
     """Hourly: unattached uploads past UPLOAD_EXPIRE_MINUTES go, their bytes by jobs.
     (Requests already treat them as gone.)"""
-    result = await conn.execute(_expire, {"fresh": fresh(), "now": utcnow()})
-    await Outbox(conn).queue_jobs(PURGE, [{"id": i} for i in result.scalars()])
+    async with transaction(conn):
+        result = await conn.execute(_expire, {"fresh": fresh(), "now": utcnow()})
+        await Outbox(conn).queue_jobs(PURGE, [{"id": i} for i in result.scalars()])
 
 
 async def sweep(conn: AsyncConnection) -> None:
     """Hourly: bytes an hour old that no live row names are deleted (a save a crash cut
     short too), and live rows whose bytes are missing are marked deleted. The storage's keys
     are held in memory meanwhile (about 100 bytes each). A storage that cannot be reached
-    fails no other chore."""
-    if not settings.is_sqlite:
+    fails no other chore, and holds no write: on SQLite (one process, so no lock to take)
+    only the marking is a transaction, not the minutes a storage away may take to list."""
+    if settings.is_sqlite:
+        await _sweep(conn)
+        return
+    async with transaction(conn):  # the lock is held until it ends
         lock = text("SELECT pg_try_advisory_xact_lock(:key)")
-        if not (await conn.execute(lock, {"key": SWEEP_LOCK})).scalar_one():
-            return  # another process is sweeping
+        if (await conn.execute(lock, {"key": SWEEP_LOCK})).scalar_one():
+            await _sweep(conn)  # else another process is sweeping
+
+
+async def _sweep(conn: AsyncConnection) -> None:
     started = utcnow()
     try:
         listing = files().keys()
@@ -93,7 +103,8 @@ async def sweep(conn: AsyncConnection) -> None:
     if missing:
         log.warning("%d uploads lost their bytes; marked deleted", len(missing))
         stmt = update(uploads).where(uploads.c.id.in_(missing))
-        await conn.execute(stmt.values(deleted=True, purged=True, updated_at=utcnow()))
+        async with transaction(conn) if settings.is_sqlite else nullcontext():
+            await conn.execute(stmt.values(deleted=True, purged=True, updated_at=utcnow()))
     for key, when in stored.items():
         if when < started - ORPHAN_AGE:
             try:

@@ -209,3 +209,35 @@ async def test_a_failed_purge_is_retried(
     await until(done)
     # Its failure was logged by the upload's id, never by its key (in a path on disk).
     assert f"upload {up['id']}: bytes not deleted" in caplog.text and key not in caplog.text
+
+
+async def test_a_sweep_waiting_on_the_storage_holds_up_no_write(
+    client: AsyncClient, make_user: MakeUser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hourly sweep lists the storage, which may be slow or away for minutes (here an
+    S3 endpoint that takes the connection and never answers): meanwhile requests write as
+    ever, on SQLite too, where a transaction held that long would hold its one write lock."""
+    me = await make_user()
+    asked = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.set()
+        await reader.read()  # until the client gives up
+
+    hole = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    monkeypatch.setattr(settings, "s3_bucket", "away")
+    monkeypatch.setattr(settings, "s3_endpoint_url", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(settings, "s3_region", "us-east-1")
+    monkeypatch.setattr(settings, "s3_access_key_id", "key")
+    monkeypatch.setattr(settings, "s3_secret_access_key", "secret")
+    await files.stop()
+    chore = asyncio.create_task(runner.chore())
+    try:
+        await asyncio.wait_for(asked.wait(), 10)
+        await asyncio.wait_for(new_thread(client, me), 5)
+    finally:
+        chore.cancel()
+        await asyncio.gather(chore, return_exceptions=True)
+        hole.close()
+        await files.stop()

@@ -5,6 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.core.accounts import admin, auth_routes, service, twofactor, user_routes
 from app.core.accounts.tokens import callers
 from app.core.accounts.users import MailTokens, Users
+from app.core.db import transaction
 from app.core.events import Listening, UserChanged, on, on_commit
 from app.core.feature import Feature
 
@@ -30,9 +31,10 @@ MAILS = {
 
 
 async def prune(conn: AsyncConnection) -> None:
-    await Users(conn).prune()
-    await MailTokens(conn).prune()
-    await twofactor.prune(conn)
+    async with transaction(conn):
+        await Users(conn).prune()
+        await MailTokens(conn).prune()
+        await twofactor.prune(conn)
 
 
 accounts = Feature(
