@@ -52,10 +52,10 @@ class Runner:
         message.set_content(body.format(url=settings.frontend_url.rstrip("/"), **row.data))
         return message
 
-    async def deliver(self, rows: list[MailRow], sent: list[int], deadline: float) -> None:
+    async def deliver(self, rows: list[MailRow], sent: list[int], deadline: float) -> set[int]:
         """Send over one SMTP connection until `deadline` (the event loop's clock), adding
         to `sent` what went out. Without SMTP_HOST: the log in development, nowhere in
-        production."""
+        production. Returned: the rows that the server, unreachable, never refused."""
         if not settings.smtp_host:
             for row in rows:
                 if settings.environment == "development":
@@ -67,7 +67,8 @@ class Runner:
                         extra={"fields": {"mail": msg.as_string()}},
                     )
                 sent.append(row.id)
-            return
+            return set()
+        tried: set[int] = set()  # failed on their own: a refusal, or no template
         smtp = aiosmtplib.SMTP(
             hostname=settings.smtp_host,
             port=settings.smtp_port,
@@ -84,6 +85,7 @@ class Runner:
                         message = self.render(row)
                     except Exception:  # a row no template fits: it alone fails
                         log.exception("mail %d cannot be rendered, will retry", row.id)
+                        tried.add(row.id)
                         continue
                     try:
                         await smtp.send_message(message)
@@ -95,10 +97,13 @@ class Runner:
                         # This one alone: refused, or it cannot go to this server (a non-ASCII
                         # address without SMTPUTF8); the connection still serves the others.
                         log.warning("mail %d not sent, will retry: %s", row.id, type(exc).__name__)
+                        tried.add(row.id)
                         continue
                     sent.append(row.id)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             log.warning("mail not delivered, will retry: %s", type(exc).__name__)
+            return {r.id for r in rows} - tried - set(sent)
+        return set()
 
     async def batch(self) -> bool:
         """One round: claim, run, send, mark. False when nothing was due or some failed."""
@@ -110,8 +115,10 @@ class Runner:
         # same rows, and would send the mail again. Mail first: a job that hangs (storage
         # away) must not take its time, and is cut short (rolled back) at the deadline.
         deadline = asyncio.get_running_loop().time() + LEASE.total_seconds() / 2
+        unreachable: set[int] = set()
         try:
-            await self.deliver([r for r in rows if r.kind not in self.jobs], sent, deadline)
+            mail = [r for r in rows if r.kind not in self.jobs]
+            unreachable = await self.deliver(mail, sent, deadline)
             for job in (r for r in rows if r.kind in self.jobs):
                 if asyncio.get_running_loop().time() >= deadline:
                     log.warning("round out of time: its remaining jobs wait their retry")
@@ -131,7 +138,7 @@ class Runner:
                 if sent:
                     await Outbox(conn).done(sent)
                 for row in failed:
-                    await Outbox(conn).retry(row)
+                    await Outbox(conn).retry(row, give_up=row.id not in unreachable)
         return bool(rows) and not failed
 
     async def chore(self) -> None:

@@ -83,10 +83,11 @@ class Outbox(Repository[MailRow]):
             .values(next_attempt_at=None, sent_at=now, data={}, updated_at=now)
         )
 
-    async def retry(self, row: MailRow) -> None:
+    async def retry(self, row: MailRow, *, give_up: bool = True) -> None:
         """Again after 2, 4, 8 … seconds (at most MAIL_RETRY_MAX_SECONDS), or never again
-        after MAIL_MAX_ATTEMPTS: a mail the server refuses for good must not loop."""
-        if row.attempts >= settings.mail_max_attempts:
+        after MAIL_MAX_ATTEMPTS: a mail the server refuses for good must not loop. Not
+        `give_up`: a mail the server could not be reached for waits out any outage."""
+        if give_up and row.attempts >= settings.mail_max_attempts:
             await self.update(row.id, next_attempt_at=None, failed_at=utcnow(), data={})
             return
         wait = min(settings.mail_retry_max_seconds, 2 ** min(row.attempts, 20))

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # Retries of an undeliverable mail wait twice as long each time, up to this.
     mail_retry_max_seconds: int = 300
     mail_retention_days: int = 7
-    # A mail still undelivered after this many attempts is given up (`failed`).
+    # A mail the server still refuses after this many attempts is given up (`failed`).
     mail_max_attempts: int = 20
     # redis://host:port/db: events between processes over Redis instead of NOTIFY.
     events_url: str | None = None

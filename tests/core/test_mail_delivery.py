@@ -189,3 +189,26 @@ async def test_the_runner_stops_even_when_stopped_as_it_is_woken(turns: int) -> 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_outage_longer_than_the_attempts_loses_no_mail(
+    client: httpx.AsyncClient, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAIL_MAX_ATTEMPTS gives up a mail the server refuses; a server that cannot be
+    reached refuses nothing: its mail waits, however long the outage."""
+    monkeypatch.setattr(settings, "mail_max_attempts", 2)
+    inbox.controller.stop()
+    try:
+        assert (await signup(client, "outlasting@example.com")).status_code == 201
+        deadline = time.monotonic() + 20
+        while True:
+            [(attempts, failed_at)] = await fetch("SELECT attempts, failed_at FROM mail")
+            assert failed_at is None
+            if attempts > 2:  # past the attempts allowed
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        inbox.controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
+        inbox.controller.start()
+    await inbox.wait("outlasting@example.com", timeout=15)
