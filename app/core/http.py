@@ -7,6 +7,8 @@ from collections.abc import Callable, Collection, Coroutine
 from contextlib import suppress
 from typing import Any
 
+from botocore.exceptions import ConnectionError as StorageUnreachable
+from botocore.exceptions import HTTPClientError
 from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -196,6 +198,14 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
             status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
             headers={"Allow": ", ".join(sorted(allowed))},
         )
+
+    @app.exception_handler(StorageUnreachable)
+    @app.exception_handler(HTTPClientError)
+    async def storage_unavailable(conn: Request | WebSocket, exc: Exception) -> JSONResponse | None:
+        """The object storage cannot be reached, or cut the connection: 503, as for a
+        database away. (A disk's errors are OSErrors: below.)"""
+        logging.getLogger("app").warning("storage unavailable: %s", type(exc).__name__)
+        return await answer(conn, unavailable())
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)

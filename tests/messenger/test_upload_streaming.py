@@ -14,10 +14,11 @@ import pytest
 from app.core import metrics
 from app.core.db import turn
 from app.core.settings import settings
+from app.core.storage import files
 from app.messenger.settings import messenger_settings
 from tests.helpers import MakeUser, User, bearer, fetch, multipart, sign_up, upload
-from tests.messenger.conftest import Backend
-from tests.servers import clean_env, start
+from tests.messenger.conftest import Backend, post_upload
+from tests.servers import clean_env, free_port, start
 
 MiB = 1024 * 1024
 
@@ -190,3 +191,27 @@ async def test_a_server_process_streams_a_12_mib_file_in_and_out(tmp_path: Path)
             await round_trip(os.urandom(12 * MiB))
             grown = (peak_rss_kib(server.proc.pid) - before) / 1024
             assert grown < 6, f"the server's peak memory grew by {grown:.1f} MiB"
+
+
+async def test_a_storage_away_is_503_and_keeps_nothing(
+    client: httpx.AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 endpoint that refuses connections: the upload cannot be kept, and that is the
+    server's trouble, not the client's: 503 with Retry-After, as for a database away."""
+    me = await make_user()
+    for setting, value in {
+        "s3_bucket": "away",
+        "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",  # nothing listens
+        "s3_region": "us-east-1",
+        "s3_access_key_id": "key",
+        "s3_secret_access_key": "secret",
+    }.items():
+        monkeypatch.setattr(settings, setting, value)
+    await files.stop()
+    try:
+        r = await post_upload(client, me, *multipart(b"data"))
+    finally:
+        await files.stop()
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] and r.json() == {"detail": "Service temporarily unavailable"}
+    assert await fetch("SELECT id FROM upload") == []
