@@ -180,8 +180,7 @@ class Redis(Channel):
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=5, client_name=redis_client_name()
         )
-        # One Redis may serve several apps: each database's events on a channel of its own.
-        self.channel = f"{CHANNEL}:{make_url(settings.database_url).database}"
+        self.channel = redis_client_name()  # several apps may share one Redis
 
     async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
@@ -288,9 +287,10 @@ def listener_dsn() -> str:
 
 
 def redis_client_name() -> str:
-    """`app-events:<database>`: on a Redis that several apps share, CLIENT LIST tells whose
-    connection each is. Redis takes only printable ASCII without spaces in a name."""
-    name = f"app-events:{make_url(settings.database_url).database}"
+    """Its channel's and connections' name on a Redis other apps may share: EVENTS_URL's db
+    (pub/sub ignores it) and the database's place. Redis takes printable ASCII, no spaces."""
+    db = redis.connection.parse_url(settings.events_url or "redis://").get("db", 0)
+    name = f"app-events:{db}:{settings.database_location}"
     return "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 

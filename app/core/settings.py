@@ -1,10 +1,12 @@
 """Every setting of the core, from the environment or `.env`, in one class."""
 
+import os
 from functools import cached_property
 from typing import Literal
 
 from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 # The key shipped for development and in .env.sample; production refuses both.
 DEV_SECRET_KEY = "dev-secret-key-change-me"
@@ -114,6 +116,15 @@ class Settings(BaseSettings):
         """A pooler in transaction mode shares server connections between clients, so
         prepared statements cannot be cached on them."""
         return self.direct_database_url != self.async_database_url
+
+    @property
+    def database_location(self) -> str:
+        """Where the database is, the same for every process of one app (an SQLite file's
+        full path), and told apart from another app's of the same name."""
+        url = make_url(self.direct_database_url)
+        if url.get_backend_name() == "sqlite":
+            return os.path.abspath(url.database or "")
+        return f"{url.host}:{url.port or 5432}/{url.database}"
 
     @property
     def is_sqlite(self) -> bool:
