@@ -1,5 +1,6 @@
 """`python -m app`: uvicorn with the settings' host, port, workers and trusted proxies."""
 
+import importlib
 import logging
 
 import uvicorn
@@ -9,6 +10,9 @@ from app.core.logs import JsonFormatter, redact_server_logs
 from app.core.settings import settings
 
 if __name__ == "__main__":
+    # The app as uvicorn imports it, here first: every feature's settings are read, and
+    # a bad one refused in one line, before anything is logged or served.
+    importlib.import_module("app.main")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -1,16 +1,26 @@
 """Every setting of the core, from the environment or `.env`, in one class."""
 
 import os
+import re
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError, model_validator
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 from sqlalchemy import make_url
 
 # The key shipped for development and in .env.sample; production refuses both.
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 SAMPLE_SECRET_KEYS = {"", DEV_SECRET_KEY, "changethis", "change-me"}
+S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -26,58 +36,58 @@ class Settings(BaseSettings):
     # A direct connection for LISTEN and migrations when DATABASE_URL is a pooler's.
     database_url_direct: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
+    port: int = Field(8080, ge=1, le=65535)
+    workers: PositiveInt = 1
     # Proxies whose X-Forwarded-For is believed (uvicorn's own setting); none by default.
     forwarded_allow_ips: str | None = None
 
     first_superuser_email: str | None = None
     first_superuser_password: str | None = None
 
-    access_token_expire_minutes: int = 30
-    refresh_token_expire_minutes: int = 43200
+    access_token_expire_minutes: PositiveInt = 30
+    refresh_token_expire_minutes: PositiveInt = 43200
 
-    login_failures_per_email: int = 5
-    login_failures_per_address: int = 100
-    login_failure_window_seconds: int = 900
+    login_failures_per_email: PositiveInt = 5
+    login_failures_per_address: PositiveInt = 100
+    login_failure_window_seconds: PositiveInt = 900
 
     # Argon2id cost; the defaults are OWASP's minimum (19 MiB, 2 passes, 1 lane).
-    argon2_memory_kib: int = 19456
-    argon2_time_cost: int = 2
-    argon2_parallelism: int = 1
+    argon2_memory_kib: PositiveInt = 19456
+    argon2_time_cost: PositiveInt = 2
+    argon2_parallelism: PositiveInt = 1
 
     # Password hashes waiting for a core beyond this answer 503 at once.
-    hash_queue_size: int = 32
+    hash_queue_size: PositiveInt = 32
 
     # A fixed pool: overflow connections would be opened and closed request after request.
-    db_pool_size: int = 20
-    db_max_overflow: int = 0
-    db_pool_timeout: float = 10
+    db_pool_size: PositiveInt = 20
+    db_max_overflow: NonNegativeInt = 0
+    db_pool_timeout: PositiveFloat = 10
     # Connections in use at once (about the pool's size) and how many may wait for a turn.
-    max_concurrent_requests: int = 24
-    request_queue_size: int = 1000
+    max_concurrent_requests: PositiveInt = 24
+    request_queue_size: NonNegativeInt = 1000
     # A request body must have arrived by then (408): slow bodies hold no slot meanwhile.
-    request_body_timeout_seconds: float = 10
+    request_body_timeout_seconds: PositiveFloat = 10
     cors_origins: list[str] = []
-    max_upload_bytes: int = 10 * 1024 * 1024
+    max_upload_bytes: PositiveInt = 10 * 1024 * 1024
 
-    signups_per_address_per_hour: int = 20
-    mails_per_user_per_hour: int = 5
+    signups_per_address_per_hour: PositiveInt = 20
+    mails_per_user_per_hour: PositiveInt = 5
     email_verification_required: bool = False
     smtp_host: str | None = None
-    smtp_port: int = 587
+    smtp_port: int = Field(587, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     mail_from: str = "no-reply@localhost"
     frontend_url: str = "http://localhost:8080"
-    password_reset_expire_minutes: int = 60
-    email_verify_expire_minutes: int = 2880
+    password_reset_expire_minutes: PositiveInt = 60
+    email_verify_expire_minutes: PositiveInt = 2880
     # Retries of an undeliverable mail wait twice as long each time, up to this.
-    mail_retry_max_seconds: int = 300
-    mail_retention_days: int = 7
+    mail_retry_max_seconds: PositiveInt = 300
+    mail_retention_days: PositiveInt = 7
     # A mail the server still refuses after this many attempts is given up (`failed`).
-    mail_max_attempts: int = 20
+    mail_max_attempts: PositiveInt = 20
     # redis://host:port/db: events between processes over Redis instead of NOTIFY.
     events_url: str | None = None
     metrics_enabled: bool = False
@@ -141,9 +151,23 @@ def async_url(url: str) -> str:
     return url
 
 
-try:
-    settings = Settings()
-except ValidationError as exc:
-    # One line that says what to fix, not a traceback.
-    reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-    raise SystemExit(f"Refusing to start: {reasons}") from None
+def load(cls: type[S]) -> S:
+    """The settings, or one line that names what to fix, not a traceback: a value no process
+    can work with (a size of 0, a negative time) stops it here, not at its first request."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        reasons = "; ".join(map(_reason, exc.errors()))
+    except SettingsError as exc:  # a list that is not JSON: it names the field in its text
+        name = re.search(r'field "(\w+)"', str(exc))
+        reasons = f"{name[1].upper() if name else exc}: not JSON ({exc.__cause__})"
+    raise SystemExit(f"Refusing to start: {reasons}")
+
+
+def _reason(error: Any) -> str:
+    name = str(error["loc"][0]).upper() if error["loc"] else ""  # not a list's item's place
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    return f"{name}: {reason}" if name else reason
+
+
+settings = load(Settings)
