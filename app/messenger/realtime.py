@@ -30,6 +30,7 @@ QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
 # closed with 1012 come back at once.
 HEARING_SECONDS = 5.0
 CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
+CLOSE_TOO_BIG, MAX_CLIENT_MESSAGE = 1009, 4096  # bytes, after decompression
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 
 
@@ -272,7 +273,7 @@ async def events(websocket: WebSocket, token: str = "") -> None:
             hub.ready(conn, thread_ids)
         else:
             conn.close(CLOSE_RESTART)
-        tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(_drain(websocket))}
+        tasks = {asyncio.create_task(conn.pump()), asyncio.create_task(_drain(conn))}
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         expiry.cancel()
@@ -287,11 +288,13 @@ def _usable(caller: Caller | None) -> TypeGuard[Caller]:
     return caller is not None and "regular" in caller.granted
 
 
-async def _drain(websocket: WebSocket) -> None:
-    """Clients only listen: read what they send (and the close) and ignore it. The server
-    refuses messages over 4 KiB before they are read whole (app/__main__.py)."""
+async def _drain(conn: Connection) -> None:
+    """Clients only listen: what they send is read and ignored, but a message over 4 KiB closes
+    the socket, wherever uvicorn was started (`python -m app`'s refuses it unread)."""
     try:
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
+        while (message := await conn.websocket.receive())["type"] != "websocket.disconnect":
+            size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+            if size > MAX_CLIENT_MESSAGE:
+                conn.close(CLOSE_TOO_BIG)
     except (WebSocketDisconnect, RuntimeError):
         pass
