@@ -12,15 +12,22 @@ QUERY = re.compile(r"\?[^\s\"']*")
 TOKEN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 
 
+def redact(text: str) -> str:
+    """A path (or a line) without its query or a token, even where they were encoded into the
+    path (`%3Ftoken=`, by a client that encoded its whole URL)."""
+    plain = unquote(text)
+    if "?" not in plain and "token=" not in plain.lower():
+        return text
+    return TOKEN.sub(r"\1[redacted]", QUERY.sub("?[redacted]", plain))
+
+
 class RedactQueries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "?" in message or "token" in unquote(message).lower():
             # The arguments keep their shape: uvicorn's access formatter unpacks them.
             if isinstance(record.args, tuple):
-                record.args = tuple(
-                    QUERY.sub("?[redacted]", a) if isinstance(a, str) else a for a in record.args
-                )
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
             if isinstance(record.msg, str) and "?" in record.msg:
                 record.msg, record.args = QUERY.sub("?[redacted]", record.getMessage()), ()
         return True

@@ -15,6 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import metrics
+from app.core.logs import redact
 from app.core.settings import settings
 
 log = logging.getLogger("app.access")
@@ -84,7 +85,7 @@ class RequestLog:
             fields = {
                 "request_id": request_id,
                 "method": scope.get("method", "WS"),
-                "path": scope["path"],
+                "path": redact(scope["path"]),
                 "status": code or 500,
                 "ms": round(elapsed * 1000, 2),
                 "client": (scope.get("client") or ("", 0))[0],
