@@ -2,9 +2,10 @@
 two processes publish right after their commits, and the later commit may arrive first).
 
 An event whose version is not the next of its thread waits, at most HOLD_SECONDS, for the
-ones before it; then it goes out anyway: a version that never comes (its event was lost)
-is a gap the client fills from the changes feed. One that comes after all is too late to
-be in order: `late` is told (the hub asks that thread's sockets to catch up)."""
+ones before it; then it goes out anyway, and `gap` is told: a version that never comes (its
+event was lost) may have been a member's removal, so the hub closes the thread's sockets,
+which catch up from the changes feed. One that comes after all is too late to be in
+order: `late` is told (the hub asks that thread's sockets to catch up too)."""
 
 import asyncio
 from collections.abc import Callable
@@ -17,9 +18,12 @@ REMEMBERED = 100_000  # threads whose last version this process keeps
 
 class InOrder:
     def __init__(
-        self, emit: Callable[[ThreadEvent], None], late: Callable[[ThreadEvent], None]
+        self,
+        emit: Callable[[ThreadEvent], None],
+        late: Callable[[ThreadEvent], None],
+        gap: Callable[[ThreadEvent], None] = lambda _: None,
     ) -> None:
-        self.emit, self.late = emit, late
+        self.emit, self.late, self.gap = emit, late, gap
         self.last: dict[int, int] = {}  # thread -> the version last let through
         self.held: dict[int, list[ThreadEvent]] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
@@ -41,6 +45,15 @@ class InOrder:
             loop = asyncio.get_running_loop()
             self.timers[thread] = loop.call_later(HOLD_SECONDS, self._release, thread, True)
 
+    def reset(self) -> None:
+        """Forget every thread: what came before the channel was lost says nothing of what
+        comes after it (a gap across it is no news: every socket was closed then)."""
+        for timer in self.timers.values():
+            timer.cancel()
+        self.last.clear()
+        self.held.clear()
+        self.timers.clear()
+
     def _through(self, event: ThreadEvent) -> None:
         if event.version is not None:
             if len(self.last) >= REMEMBERED and event.thread_id not in self.last:
@@ -52,6 +65,8 @@ class InOrder:
         """Let through what is now next in line; with `gaps`, everything held, in order."""
         held = sorted(self.held.pop(thread, ()), key=lambda e: e.version or 0)
         while held and (gaps or (held[0].version or 0) <= self.last.get(thread, 0) + 1):
+            if (held[0].version or 0) > self.last.get(thread, 0) + 1:
+                self.gap(held[0])
             self._through(held.pop(0))
         if held:
             self.held[thread] = held

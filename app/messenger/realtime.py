@@ -90,7 +90,7 @@ class Hub:
         self.loading: set[Connection] = set()
         self.incoming: asyncio.Queue[ThreadEvent] = asyncio.Queue()
         # Events arrive as their senders' commits were told, not always in commit order.
-        self.in_order = InOrder(self.incoming.put_nowait, self.too_late)
+        self.in_order = InOrder(self.incoming.put_nowait, self.too_late, self.missed)
         self.tasks: list[asyncio.Task[None]] = []
         self.waiting: set[asyncio.Future[None]] = set()  # sockets waiting for it
 
@@ -169,9 +169,9 @@ class Hub:
                 if not wait.done():
                     wait.set_result(None)
         else:
-            for conns in list(self.users.values()):
-                for conn in list(conns):
-                    conn.close(CLOSE_RESTART)
+            for conn in [conn for conns in self.users.values() for conn in conns]:
+                conn.close(CLOSE_RESTART)
+            self.in_order.reset()
 
     async def heard(self) -> bool:
         """Whether this process hears events, waiting up to HEARING_SECONDS for it to."""

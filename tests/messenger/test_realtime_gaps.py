@@ -13,9 +13,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.core.accounts.tokens import callers
-from app.core.db import engine
+from app.core.db import begin, engine
 from app.core.events import UserChanged, bus
 from app.messenger.events import ThreadEvent
+from app.messenger.threads import Threads
 from tests.helpers import (
     MakeUser,
     close_code,
@@ -97,3 +98,22 @@ async def test_a_socket_opened_while_the_database_is_away_closes_with_1012(
         async with connect(ws_url(server, user["token"]["access_token"])) as ws:
             assert await close_code(ws) == 1012
     assert "Exception in ASGI application" not in (tmp_path / "server.log").read_text()
+
+
+async def test_a_member_removed_by_an_event_never_heard_is_told_nothing_more(
+    client: AsyncClient, live_server: str, make_user: MakeUser
+) -> None:
+    """A removal committed but never told (NOTIFY failed after the commit, Redis dropped
+    it) leaves a gap in the thread's versions: the sockets that may have missed it are
+    closed, not handed the thread's next messages, which the removed member may not read."""
+    owner, removed = await make_user(), await make_user()
+    thread = await new_thread(client, owner, removed)
+    ws = await listen(live_server, removed)
+    async with begin() as conn:
+        await Threads(conn).leave(thread["id"], removed["id"], owner["id"])
+        conn.info["events"].clear()  # committed, never sent
+    await send(client, owner, thread["id"], "for members only")
+    with pytest.raises(ConnectionClosed):
+        event = await next_event(ws, since=thread["version"])
+        raise AssertionError(f"the removed member was told {event}")
+    assert ws.close_code == 1012
