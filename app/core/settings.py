@@ -11,6 +11,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,7 @@ from sqlalchemy import make_url
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 SAMPLE_SECRET_KEYS = {"", DEV_SECRET_KEY, "changethis", "change-me"}
 S = TypeVar("S", bound=BaseSettings)
+DRIVERS = ("sqlite+aiosqlite://", "postgresql+asyncpg://")  # what async_url makes of ours
 
 
 class Settings(BaseSettings):
@@ -100,6 +102,20 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+
+    @field_validator("database_url", "database_url_direct")
+    @classmethod
+    def _sqlite_or_postgresql(cls, url: str | None) -> str | None:
+        if url is not None and not async_url(url).startswith(DRIVERS):
+            raise ValueError("not an sqlite:// or postgresql:// URL")
+        return url
+
+    @field_validator("events_url")
+    @classmethod
+    def _redis(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("not a redis://, rediss:// or unix:// URL")
+        return url
 
     @model_validator(mode="after")
     def _refuse_sample_secret_in_production(self) -> "Settings":

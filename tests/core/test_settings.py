@@ -25,6 +25,9 @@ BAD = [
     ("PORT", "-1"),
     ("WORKERS", "0"),
     ("CORS_ORIGINS", "https://app.example"),  # a list is JSON
+    ("DATABASE_URL", "app.db"),  # no URL: a traceback at the engine's creation
+    ("DATABASE_URL", "mysql://db/app"),
+    ("EVENTS_URL", "http://redis:6379/0"),  # refused by redis-py only as the app starts
 ]
 
 
