@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logs import redact
 from app.core.settings import settings
 
 OTEL = (
@@ -27,7 +28,7 @@ OTEL = (
     "opentelemetry.instrumentation.sqlalchemy",
 )
 SAFE_HEADERS = frozenset({"host", "user-agent", "content-type", "content-length", "x-request-id"})
-URL_ATTRIBUTES = frozenset({"http.url", "http.target", "url.full", "url.query"})
+URL_ATTRIBUTES = frozenset({"http.url", "http.target", "url.full", "url.path", "url.query"})
 _provider: Any = None  # the TracerProvider once installed, for shutdown()
 
 
@@ -107,16 +108,18 @@ def scrub_span(span: Any, scope: Scope) -> None:
     """The server span's hook, run right after the instrumentation set the URL attributes
     (the only ones it fills from the query): the query goes, raw or decoded, wherever it
     landed. The instrumentation's own redact_url blanks a few signature parameters only."""
-    raw = scope.get("query_string", b"").decode("latin-1")
-    if not raw or not span.is_recording():
+    if not span.is_recording():
         return
-    forms = {raw, unquote(raw), unquote_plus(raw)}
+    raw = scope.get("query_string", b"").decode("latin-1")
+    forms = {raw, unquote(raw), unquote_plus(raw)} - {""}
     for key, value in dict(span.attributes or {}).items():
-        if isinstance(value, str) and (
-            ("?" in value and key in URL_ATTRIBUTES) or any(f in value for f in forms)
-        ):
+        if not isinstance(value, str):
+            continue
+        if ("?" in value and key in URL_ATTRIBUTES) or any(f in value for f in forms):
             path, query, _ = value.partition("?")
             span.set_attribute(key, path if query else "[redacted]")
+        elif key in URL_ATTRIBUTES and redact(value) != value:  # a query encoded (%3F) in the path
+            span.set_attribute(key, redact(value))
 
 
 class RequestIdOnSpan:

@@ -240,3 +240,27 @@ async def test_nothing_installed_without_an_endpoint(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("importlib.util.find_spec", missing)
     telemetry.install(bare, engine)
     assert bare.user_middleware == [] and telemetry._provider is None
+
+
+async def test_a_token_encoded_into_the_path_is_not_traced(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A client that encoded its whole URL sends its query in the path (`%3Ftoken=`)."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "http/dup",
+    }
+    with serve(tmp_path, **env) as base:
+        async with httpx.AsyncClient(base_url=base) as http:
+            await http.get(f"/api/users/me%3Ftoken={token}")  # 401: no bearer token
+        for _ in range(100):
+            if any(s.kind == SERVER and "GET" in s.name for s in receiver.spans()):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("no server span")
+    forms = {token, token.split(".")[2], quote(token)}
+    assert not {f for f in forms for body in receiver.bodies if f.encode() in body}
