@@ -3,7 +3,7 @@
 import os
 import re
 from functools import cached_property
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     Field,
@@ -23,6 +23,10 @@ DEV_SECRET_KEY = "dev-secret-key-change-me"
 SAMPLE_SECRET_KEYS = {"", DEV_SECRET_KEY, "changethis", "change-me"}
 S = TypeVar("S", bound=BaseSettings)
 DRIVERS = ("sqlite+aiosqlite://", "postgresql+asyncpg://")  # what async_url makes of ours
+# What reaches SQL fits PostgreSQL's integer; a lifetime or a window, a date's range (a
+# century at most). Past them, each request that uses one would fail.
+Count = Annotated[int, Field(gt=0, le=2**31 - 1)]
+Minutes = Annotated[int, Field(gt=0, le=100 * 365 * 24 * 60)]
 
 
 class Settings(BaseSettings):
@@ -46,12 +50,12 @@ class Settings(BaseSettings):
     first_superuser_email: str | None = None
     first_superuser_password: str | None = None
 
-    access_token_expire_minutes: PositiveInt = 30
-    refresh_token_expire_minutes: PositiveInt = 43200
+    access_token_expire_minutes: Minutes = 30
+    refresh_token_expire_minutes: Minutes = 43200
 
-    login_failures_per_email: PositiveInt = 5
-    login_failures_per_address: PositiveInt = 100
-    login_failure_window_seconds: PositiveInt = 900
+    login_failures_per_email: Count = 5
+    login_failures_per_address: Count = 100
+    login_failure_window_seconds: Annotated[int, Field(gt=0, le=100 * 365 * 24 * 3600)] = 900
 
     # Argon2id cost; the defaults are OWASP's minimum (19 MiB, 2 passes, 1 lane).
     argon2_memory_kib: PositiveInt = 19456
@@ -73,8 +77,8 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
 
-    signups_per_address_per_hour: PositiveInt = 20
-    mails_per_user_per_hour: PositiveInt = 5
+    signups_per_address_per_hour: Count = 20
+    mails_per_user_per_hour: Count = 5
     email_verification_required: bool = False
     smtp_host: str | None = None
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -83,11 +87,11 @@ class Settings(BaseSettings):
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     mail_from: str = "no-reply@localhost"
     frontend_url: str = "http://localhost:8080"
-    password_reset_expire_minutes: PositiveInt = 60
-    email_verify_expire_minutes: PositiveInt = 2880
+    password_reset_expire_minutes: Minutes = 60
+    email_verify_expire_minutes: Minutes = 2880
     # Retries of an undeliverable mail wait twice as long each time, up to this.
     mail_retry_max_seconds: PositiveInt = 300
-    mail_retention_days: PositiveInt = 7
+    mail_retention_days: Annotated[int, Field(gt=0, le=100 * 365)] = 7
     # A mail the server still refuses after this many attempts is given up (`failed`).
     mail_max_attempts: PositiveInt = 20
     # redis://host:port/db: events between processes over Redis instead of NOTIFY.

@@ -25,6 +25,12 @@ BAD = [
     ("PORT", "-1"),
     ("WORKERS", "0"),
     ("CORS_ORIGINS", "https://app.example"),  # a list is JSON
+    # Past PostgreSQL's integer (each send, upload or login failed), past a date's range.
+    ("MESSAGES_PER_MINUTE", "3000000000"),
+    ("MAX_PENDING_UPLOADS", "3000000000"),
+    ("LOGIN_FAILURES_PER_EMAIL", "3000000000"),
+    ("ACCESS_TOKEN_EXPIRE_MINUTES", "10000000000"),
+    ("UPLOAD_EXPIRE_MINUTES", "10000000000"),
     ("DATABASE_URL", "app.db"),  # no URL: a traceback at the engine's creation
     ("DATABASE_URL", "mysql://db/app"),
     ("EVENTS_URL", "http://redis:6379/0"),  # refused by redis-py only as the app starts
