@@ -288,9 +288,9 @@ def listener_dsn() -> str:
 
 def redis_client_name() -> str:
     """Its channel's and connections' name on a Redis other apps may share: EVENTS_URL's db
-    (pub/sub ignores it) and the database's place. Redis takes printable ASCII, no spaces."""
+    (pub/sub ignores it) and the database's name. Redis takes printable ASCII, no spaces."""
     db = redis.connection.parse_url(settings.events_url or "redis://").get("db", 0)
-    name = f"app-events:{db}:{settings.database_location}"
+    name = f"app-events:{db}:{settings.database_name}"
     return "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 

@@ -148,13 +148,14 @@ class Settings(BaseSettings):
         return self.direct_database_url != self.async_database_url
 
     @property
-    def database_location(self) -> str:
-        """Where the database is, the same for every process of one app (an SQLite file's
-        full path), and told apart from another app's of the same name."""
+    def database_name(self) -> str:
+        """The database as every process of one app names it, on every machine: an SQLite
+        file's full path (one machine), a PostgreSQL database's name (not its host: each
+        machine may reach the one server by another name)."""
         url = make_url(self.direct_database_url)
         if url.get_backend_name() == "sqlite":
             return os.path.abspath(url.database or "")
-        return f"{url.host}:{url.port or 5432}/{url.database}"
+        return url.database or ""
 
     @property
     def is_sqlite(self) -> bool:
