@@ -115,13 +115,15 @@ class Runner:
         # same rows, and would send the mail again. Mail first: a job that hangs (storage
         # away) must not take its time, and is cut short (rolled back) at the deadline.
         deadline = asyncio.get_running_loop().time() + LEASE.total_seconds() / 2
-        unreachable: set[int] = set()
+        unreachable: set[int] = set()  # and jobs the round had no time for: never tried
         try:
             mail = [r for r in rows if r.kind not in self.jobs]
             unreachable = await self.deliver(mail, sent, deadline)
-            for job in (r for r in rows if r.kind in self.jobs):
+            jobs = [r for r in rows if r.kind in self.jobs]
+            for i, job in enumerate(jobs):
                 if asyncio.get_running_loop().time() >= deadline:
                     log.warning("round out of time: its remaining jobs wait their retry")
+                    unreachable |= {r.id for r in jobs[i:]}
                     break
                 try:
                     async with asyncio.timeout_at(deadline), begin(queued=False) as conn:
