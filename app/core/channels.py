@@ -180,7 +180,7 @@ class Redis(Channel):
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=5, client_name=redis_client_name()
         )
-        self.channel = redis_client_name()  # several apps may share one Redis
+        self.channel = redis_client_name(raw=True)  # several apps may share one Redis
 
     async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
@@ -286,12 +286,12 @@ def listener_dsn() -> str:
     return url.render_as_string(hide_password=False)
 
 
-def redis_client_name() -> str:
-    """Its channel's and connections' name on a Redis other apps may share: EVENTS_URL's db
-    (pub/sub ignores it) and the database's name. Redis takes printable ASCII, no spaces."""
+def redis_client_name(raw: bool = False) -> str:
+    """On a Redis other apps may share: EVENTS_URL's db (pub/sub ignores it), the database's
+    name; in printable ASCII, no spaces, as Redis takes it, or `raw` (the channel's)."""
     db = redis.connection.parse_url(settings.events_url or "redis://").get("db", 0)
     name = f"app-events:{db}:{settings.database_name}"
-    return "".join(c if "!" <= c <= "~" else "_" for c in name)
+    return name if raw else "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 
 def choose() -> Channel:

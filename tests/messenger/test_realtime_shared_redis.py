@@ -13,9 +13,13 @@ from tests.servers import serve
 
 
 @API1
-@pytest.mark.parametrize("other_db", [False, True], ids=["same-redis-db", "other-redis-db"])
+@pytest.mark.parametrize(
+    ("other_db", "folders"),
+    [(False, ("a", "b")), (True, ("a", "b")), (False, ("my app", "my_app"))],
+    ids=["same-redis-db", "other-redis-db", "names-alike-in-a-client-name"],
+)
 async def test_apps_sharing_a_redis_hear_only_their_own_events(
-    tmp_path: Path, other_db: bool
+    tmp_path: Path, other_db: bool, folders: tuple[str, str]
 ) -> None:
     if not settings.events_url:
         pytest.skip("needs a Redis (EVENTS_URL)")
@@ -25,11 +29,12 @@ async def test_apps_sharing_a_redis_hear_only_their_own_events(
     urls = [settings.events_url, other.render_as_string(hide_password=False)]
     # Two apps, each with an SQLite file named as the other's, in a folder of its own: the
     # same ids, the same thread, different people.
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+    # (A Redis client's name has no spaces: a channel named as it is would be both apps'.)
+    (tmp_path / folders[0]).mkdir()
+    (tmp_path / folders[1]).mkdir()
     with (
-        serve(tmp_path / "a", EVENTS_URL=urls[0]) as a,
-        serve(tmp_path / "b", EVENTS_URL=urls[1]) as b,
+        serve(tmp_path / folders[0], EVENTS_URL=urls[0]) as a,
+        serve(tmp_path / folders[1], EVENTS_URL=urls[1]) as b,
     ):
         async with httpx.AsyncClient(base_url=a) as http_a, httpx.AsyncClient(base_url=b) as http_b:
             ada = await sign_up(http_a, "ada@example.com", "A")
