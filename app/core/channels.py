@@ -44,9 +44,7 @@ CHANNEL = "app_events"
 # A probe each second; one that does not come back within ECHO_SECONDS means the listener
 # is lost (under load an echo can take a while: a false alarm closes every socket).
 PROBE_SECONDS, ECHO_SECONDS = 1.0, 5.0
-# How long a publisher waits for every listener's answer to its roll call before it
-# answers its client anyway (a listener may be starting, or stuck).
-HEARD_SECONDS = 2.0
+HEARD_SECONDS = 2.0  # a roll call's wait for every listener (one may be starting, or stuck)
 NOTIFY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 # Each process's LISTEN connection, as pg_stat_activity names it. A role sees the names
 # of its own sessions only: DATABASE_URL and DATABASE_URL_DIRECT log in as the same role.
@@ -180,7 +178,7 @@ class Redis(Channel):
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=5, client_name=redis_client_name()
         )
-        self.channel = redis_client_name(raw=True)  # several apps may share one Redis
+        self.channel = redis_channel()  # several apps may share one Redis
 
     async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
@@ -286,12 +284,14 @@ def listener_dsn() -> str:
     return url.render_as_string(hide_password=False)
 
 
-def redis_client_name(raw: bool = False) -> str:
-    """On a Redis other apps may share: EVENTS_URL's db (pub/sub ignores it), the database's
-    name; in printable ASCII, no spaces, as Redis takes it, or `raw` (the channel's)."""
+def redis_channel() -> str:
+    """EVENTS_URL's db (pub/sub ignores it) and the database's name, as they are."""
     db = redis.connection.parse_url(settings.events_url or "redis://").get("db", 0)
-    name = f"app-events:{db}:{settings.database_name}"
-    return name if raw else "".join(c if "!" <= c <= "~" else "_" for c in name)
+    return f"app-events:{db}:{settings.database_name}"
+
+
+def redis_client_name() -> str:  # the channel's, as Redis takes it: printable, no spaces
+    return "".join(c if "!" <= c <= "~" else "_" for c in redis_channel())
 
 
 def choose() -> Channel:

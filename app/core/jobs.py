@@ -126,8 +126,10 @@ class Runner:
                     unreachable |= {r.id for r in jobs[i:]}
                     break
                 try:
-                    async with asyncio.timeout_at(deadline), begin(queued=False) as conn:
-                        await self.jobs[job.kind](conn, job)
+                    async with begin(queued=False) as conn:
+                        # The job, not its commit: one cut short there may have committed.
+                        async with asyncio.timeout_at(deadline):
+                            await self.jobs[job.kind](conn, job)
                         await Outbox(conn).done([job.id])
                     ran.append(job.id)
                 except Exception:
