@@ -21,6 +21,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 
@@ -97,9 +98,13 @@ class Uploads(Repository[UploadRow]):
         .scalar_subquery()
     )
     # Uploads of one user take turns on its row (NO KEY: sends, which reference the row,
-    # are not held up), so two racing uploads cannot both take the last place.
+    # are not held up), so two racing uploads cannot both take the last place. Live and
+    # active only: the token was checked before the body arrived, and a deletion or
+    # deactivation committed meanwhile wins (the deletion's lock is the same one).
     _lock_user = (
-        select(users.c.id).where(users.c.id == bindparam("user_id")).with_for_update(key_share=True)
+        select(users.c.id)
+        .where(users.c.id == bindparam("user_id"), live(users), users.c.is_active == true())
+        .with_for_update(key_share=True)
     )
     _add = (
         insert(uploads)
@@ -162,7 +167,8 @@ class Uploads(Repository[UploadRow]):
         """Record an upload whose bytes are saved, unless the user holds
         MAX_PENDING_UPLOADS already: counted under the user's lock, so two racing uploads
         cannot both take the last place."""
-        await self.conn.execute(self._lock_user, {"user_id": user_id})
+        if (await self.conn.execute(self._lock_user, {"user_id": user_id})).first() is None:
+            raise NotFound("User not found")  # deleted or deactivated while the body came
         params = {"user_id": user_id, "now": utcnow(), "fresh": fresh(), **values}
         params["cap"] = messenger_settings.max_pending_uploads
         row = (await self.conn.execute(self._add, params)).first()

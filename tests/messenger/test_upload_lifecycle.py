@@ -19,7 +19,7 @@ from app.core.settings import settings
 from app.core.storage import files
 from app.messenger import upload_lifecycle
 from app.messenger.settings import messenger_settings
-from tests.helpers import MakeUser, User, fetch, new_thread, upload
+from tests.helpers import MakeUser, User, fetch, multipart, new_thread, upload
 from tests.messenger.conftest import Backend
 
 
@@ -241,3 +241,35 @@ async def test_a_sweep_waiting_on_the_storage_holds_up_no_write(
         await asyncio.gather(chore, return_exceptions=True)
         hole.close()
         await files.stop()
+
+
+@pytest.mark.parametrize("change", ["deleted", "deactivated"])
+async def test_an_upload_whose_uploader_goes_while_it_arrives_keeps_nothing(
+    client: AsyncClient, make_user: MakeUser, disk: Backend, change: str
+) -> None:
+    """The token is checked before the body arrives: an account deleted or deactivated
+    meanwhile records no upload (nobody could ever read or delete it), and its bytes go."""
+    me, admin = await make_user(), await make_user(scopes=["regular", "admin"])
+    body, headers = multipart(b"x" * 1000, "late.txt")
+    arrived = asyncio.Event()
+
+    async def slow() -> Any:
+        yield body[:100]
+        await arrived.wait()
+        yield body[100:]
+
+    posting = asyncio.create_task(
+        client.post("/api/uploads", content=slow(), headers={**me.headers, **headers})
+    )
+    await asyncio.sleep(0.3)
+    url = f"/api/users/{me['id']}"
+    r = await (
+        client.delete(url, headers=admin.headers)
+        if change == "deleted"
+        else client.patch(url, json={"is_active": False}, headers=admin.headers)
+    )
+    assert r.status_code in (200, 204)
+    arrived.set()
+    assert (await posting).status_code == 404
+    assert await fetch("SELECT id FROM upload") == []
+    assert await disk.contents() == set()
