@@ -4,6 +4,7 @@ pages and leaving. A deleted thread's uploads go with it (app.messenger.uploads)
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import suppress
 from functools import cache
 from typing import Any
 
@@ -109,8 +110,7 @@ class Threads(Repository[ThreadRow]):
         return self.load(row)
 
     async def views(self, rows: Sequence[Any]) -> list[ThreadOut]:
-        """ThreadOut of rows of `_mine` (or of columns with unread 0), with every thread's
-        members in one more statement."""
+        """ThreadOut of rows of `_mine` (or unread 0), members in one more statement."""
         members: dict[int, list[UserPublic]] = defaultdict(list)
         if rows:
             found = await self.conn.execute(self._members, {"ids": [r.id for r in rows]})
@@ -280,8 +280,7 @@ class Threads(Repository[ThreadRow]):
         changed(self.conn, kind, thread_id, await self.view(thread_id, by), thread.version)
 
     async def ids_of(self, user_id: int) -> list[int]:
-        """The live threads a user is a member of, in one order (so two accounts deleted
-        at once lock their shared threads in the same order)."""
+        """The user's live threads, by id: two deletions lock shared ones in one order."""
         stmt = (
             select(memberships.c.thread_id)
             .join(threads, threads.c.id == memberships.c.thread_id)
@@ -296,4 +295,6 @@ async def leave_all(conn: AsyncConnection, event: UserDeleted) -> None:
     no thread is kept alive, or owned, by a deleted user."""
     threads = Threads(conn)
     for thread_id in await threads.ids_of(event.user_id):
-        await threads.leave(thread_id, event.user_id, event.user_id)
+        with suppress(NotFound):  # deleted, or left, while this waited for it: none to leave
+            await threads.bump(thread_id, event.user_id, step=0)  # locked, nothing counted
+            await threads.leave(thread_id, event.user_id, event.user_id)
