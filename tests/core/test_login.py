@@ -1,12 +1,14 @@
 """Logging in (OAuth2 password flow): the token it gives, failures that all look alike, and
 the scopes a token carries."""
 
+import asyncio
 import statistics
 import time
 
 import pytest
 from httpx import AsyncClient
 
+from app.core.accounts import passwords
 from app.core.settings import settings
 from tests.helpers import API2, API5, MakeUser, bearer, fetch, login, signup
 
@@ -109,3 +111,27 @@ async def test_scope_taken_away_stops_working(client: AsyncClient, make_user: Ma
     r = await client.patch(f"/api/users/{admin['id']}", json=demote, headers=root.headers)
     assert r.status_code == 200, r.text
     assert (await client.get("/api/users", headers=admin.headers)).status_code == 403
+
+
+@API2
+@pytest.mark.parametrize("change", ["deleted", "deactivated"])
+async def test_a_login_whose_account_goes_while_it_hashes_gets_no_dead_tokens(
+    client: AsyncClient, make_user: MakeUser, change: str
+) -> None:
+    """The password is checked holding no connection: an account deleted or deactivated
+    meanwhile is refused as the login ends, with the 401 of a login that came after (not a
+    200 whose tokens never work)."""
+    me, admin = await make_user(), await make_user(scopes=["regular", "admin"])
+    url = f"/api/users/{me['id']}"
+    async with passwords._hash_slots:  # busy: the login waits for its turn to hash
+        logging_in = asyncio.create_task(login(client, me["email"]))
+        await asyncio.sleep(0.3)
+        assert not logging_in.done()
+        if change == "deleted":
+            r = await client.delete(url, headers=admin.headers)
+        else:
+            r = await client.patch(url, json={"is_active": False}, headers=admin.headers)
+        assert r.status_code in (200, 204), r.text
+    r = await logging_in
+    assert r.status_code == 401, r.text
+    assert r.json() == {"detail": "Incorrect email or password"}

@@ -151,11 +151,17 @@ async def log_in(
             await attempt.withdrawn(conn)
         raise Forbidden("Email not verified") if unverified else Unauthorized(CODE_REQUIRED)
     async with begin() as conn:
-        await attempt.succeeded(conn)
+        await attempt.succeeded(conn)  # its counters, then the user: the order all take
+        users = Users(conn)
+        # The account as it is now, locked: deleted, deactivated or given a new password
+        # while the password was checked (no connection held), it gets no tokens.
+        now = await locked(users, user.id)
+        if now is None or not now.is_active or now.hashed_password != user.hashed_password:
+            raise Unauthorized("Incorrect email or password")
+        user = now
         # A wrong code rolls this back: the attempt stays counted, as a failed login.
         if user.two_factor_enabled and not await TwoFactor(conn).accept(user, otp or ""):
             raise Unauthorized(BAD_CODE)
-        users = Users(conn)
         if new_hash:  # the cost settings were raised since this hash was made
             await users.rehash(user.id, user.hashed_password, new_hash)
         granted = [s for s in requested or user.scopes if s in user.scopes]
