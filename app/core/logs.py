@@ -29,7 +29,7 @@ class RedactQueries(logging.Filter):
             if isinstance(record.args, tuple):
                 record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
             if isinstance(record.msg, str) and "?" in record.msg:
-                record.msg, record.args = QUERY.sub("?[redacted]", record.getMessage()), ()
+                record.msg, record.args = redact(record.getMessage()), ()
         return True
 
 

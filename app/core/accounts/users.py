@@ -180,7 +180,6 @@ class MailTokens(Repository[TokenRow]):
         tokens.c.kind == bindparam("b_kind"),
         live(tokens),
     )
-    _user = select(users.c.id).where(users.c.id == bindparam("id")).with_for_update(key_share=True)
 
     async def mail(self, kind: str, user_id: int, email: str) -> None:
         """A new token, superseding the user's earlier ones of this kind mailed to `email`,
@@ -188,7 +187,8 @@ class MailTokens(Repository[TokenRow]):
         resent one for the email, and either is refused once its address is neither."""
         # The user's row first: a second mail racing this one (two processes' runners each
         # on a reset request) waits, then voids this token, not only what it saw committed.
-        await self.conn.execute(self._user, {"id": user_id})
+        # A user deleted meanwhile is NotFound: no mail for it.
+        await Users(self.conn).lock(user_id)
         await self.void(user_id, kind, email)
         token = secrets.token_urlsafe(32)
         expires = utcnow() + LIFETIMES[kind]()
