@@ -14,7 +14,6 @@ from pydantic.fields import FieldInfo
 from sqlalchemy import (
     ColumnElement,
     Integer,
-    Result,
     Select,
     Table,
     any_,
@@ -31,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
+from app.core.driver import fetch
 from app.core.errors import Conflict
 from app.core.models import MAX_ID, utcnow
 from app.core.settings import settings
@@ -156,16 +156,14 @@ class Repository(Generic[R]):
         return builder(self.row, tuple(row._fields))(row)  # type: ignore[no-any-return]
 
     async def first(self, stmt: Any, **params: Any) -> R | None:
-        row = (await self.conn.execute(stmt, params)).first()
-        return None if row is None else self.load(row)
-
-    def load_all(self, rows: Result[Any]) -> list[R]:
-        """The rows of one result, built as `model_construct` would build them."""
-        make = builder(self.row, tuple(rows.keys()))
-        return [make(row) for row in rows.all()]
+        found = await fetch(self.conn, stmt, params)
+        return builder(self.row, found.keys)(found.rows[0]) if found.rows else None
 
     async def all(self, stmt: Any, **params: Any) -> list[R]:
-        return self.load_all(await self.conn.execute(stmt, params))
+        """The rows of a read, built as `model_construct` would build them."""
+        found = await fetch(self.conn, stmt, params)
+        make = builder(self.row, found.keys)
+        return [make(row) for row in found.rows]
 
     async def get(self, id: int) -> R | None:
         return await self.first(self._get, id=id)

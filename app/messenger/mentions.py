@@ -8,6 +8,7 @@ from typing import TypeVar
 from sqlalchemy import bindparam, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.driver import fetch
 from app.core.errors import Invalid
 from app.core.models import table
 from app.core.repository import fill, in_ids, live
@@ -67,8 +68,7 @@ class Mentions:
         """`items` with their `mention_ids` filled in: one statement, however many."""
         found: dict[int, list[int]] = defaultdict(list)
         if items:
-            for message_id, user_id in await self.conn.execute(
-                self._of, {"ids": [m.id for m in items]}
-            ):
+            ids = [m.id for m in items]
+            for message_id, user_id in (await fetch(self.conn, self._of, {"ids": ids})).rows:
                 found[message_id].append(user_id)
         return fill(items, "mention_ids", found)

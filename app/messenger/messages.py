@@ -11,9 +11,10 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core import limits
 from app.core.db import EACH_STATEMENT_COMMITS, publish_committed, transaction
+from app.core.driver import fetch
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound
 from app.core.models import UTCDateTime, table, utcnow
-from app.core.repository import Repository, live, upsert
+from app.core.repository import Repository, builder, live, upsert
 from app.core.settings import settings
 from app.messenger.events import changed, thread_event
 from app.messenger.markers import Markers
@@ -127,15 +128,15 @@ class Messages(Repository[MessageOut]):
         }
         steps = self._send_in_steps if settings.is_sqlite else self._send_at_once
         try:
-            row = await steps(params, f"send:{author_id}")
+            message = await steps(params, f"send:{author_id}")
         except IntegrityError as exc:  # the only reference a client names: no such message
             raise Invalid("reply_to_id", "No such message in this thread") from exc
-        if row is None:  # sent before, or a concurrent twin won the race
+        if message is None:  # sent before, or a concurrent twin won the race
             original = (await self.conn.execute(self._by_client_id, params)).one()
             if original.deleted:
                 raise Conflict("The message with this client_id was deleted")
             return (await self.filled([self.load(original)], author_id))[0], False
-        return self.load(row), True
+        return message, True
 
     async def _add_what_it_names(self, message: MessageOut, new: MessageCreate) -> None:
         """Checked now that the caller is known to be a member (a 422 rolls everything
@@ -153,7 +154,7 @@ class Messages(Repository[MessageOut]):
             message.id, message.author_id, new.attachment_ids
         )
 
-    async def _send_in_steps(self, params: dict[str, Any], key: str) -> Any:
+    async def _send_in_steps(self, params: dict[str, Any], key: str) -> MessageOut | None:
         """SQLite: one writer at a time anyway; the same steps, one statement each."""
         # Counted across processes, repeats too; past the limit nothing else happens.
         await limits.limit(self.conn, key, messenger_settings.messages_per_minute, MINUTE)
@@ -166,19 +167,20 @@ class Messages(Repository[MessageOut]):
         if row is not None:
             await Threads(self.conn).bump(thread_id, author_id, last_message_at=now, updated_at=now)
             await Markers(self.conn).move_marker(thread_id, author_id, row.id)
-        return row
+        return None if row is None else self.load(row)
 
-    async def _send_at_once(self, params: dict[str, Any], key: str) -> Any:
+    async def _send_at_once(self, params: dict[str, Any], key: str) -> MessageOut | None:
         names = {"thread_id": "to_thread", "author_id": "by_user", "body": "text"}
         names |= {"client_id": "client", "reply_to_id": "answers", "now": "at"}
         bound = {names[name]: value for name, value in params.items()}
         allowed, now = messenger_settings.messages_per_minute, params["now"]
         bound |= {"key": key, "now": now, "stale": now - MINUTE, "allowed": allowed}
-        row = (await self.conn.execute(self._send, bound)).one()  # counted, as in steps
-        limits.check(row.sent, row.since, allowed, MINUTE)
-        if row.locked_id is None:  # no live thread with the author as a member
+        found = await fetch(self.conn, self._send, bound)  # one row: counted, as in steps
+        row = dict(zip(found.keys, found.rows[0], strict=True))
+        limits.check(row["sent"], row["since"], allowed, MINUTE)
+        if row["locked_id"] is None:  # no live thread with the author as a member
             raise NotFound("Thread not found")
-        return row if row.id is not None else None
+        return None if row["id"] is None else builder(self.row, found.keys)(found.rows[0])
 
     async def filled(self, items: Sequence[M], user_id: int) -> list[M]:
         """`items` with their reactions (`me` for `user_id`), mentions and attachments:

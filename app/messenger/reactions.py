@@ -7,6 +7,7 @@ from typing import TypeVar
 from sqlalchemy import Integer, String, bindparam, case, delete, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.driver import fetch
 from app.core.errors import Conflict
 from app.core.models import UTCDateTime, table, utcnow
 from app.core.repository import fill, in_ids, upsert
@@ -98,8 +99,8 @@ class Reactions:
         found: dict[int, list[ReactionOut]] = defaultdict(list)
         if items:
             params = {"ids": [m.id for m in items], "user_id": user_id}
-            for row in await self.conn.execute(self._summary, params):
-                found[row.message_id].append(
-                    ReactionOut.model_construct(emoji=row.emoji, count=row.uses, me=bool(row.me))
+            for message_id, emoji, uses, me in (await fetch(self.conn, self._summary, params)).rows:
+                found[message_id].append(
+                    ReactionOut.model_construct(emoji=emoji, count=uses, me=bool(me))
                 )
         return fill(items, "reactions", found)

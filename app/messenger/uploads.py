@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 
 from app.core.accounts.models import User
+from app.core.driver import fetch
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from app.core.models import UTCDateTime, table, utcnow
 from app.core.outbox import Outbox
@@ -200,8 +201,7 @@ class Uploads(Repository[UploadRow]):
         """`items` with their attachments filled in: one statement, however many."""
         found: dict[int, list[UploadOut]] = defaultdict(list)
         if items:
-            result = await self.conn.execute(self._of, {"ids": [m.id for m in items]})
-            for row in result.all():
+            for row in (await fetch(self.conn, self._of, {"ids": [m.id for m in items]})).rows:
                 found[row[0]].append(shape(row[1:]))
         return fill(items, "attachments", found)
 
