@@ -7,8 +7,7 @@ Each sends what a transaction published right after it commits, on its connectio
   (and the row locks they hold, a busy thread's) wait on every other. Payloads stop at
   8,000 bytes (bigger events travel as a reference), and LISTEN cannot pass a pooler in
   transaction mode (DATABASE_URL_DIRECT is for it).
-- Redis pub/sub (EVENTS_URL=redis://…).
-- In process (SQLite: one process).
+- Redis pub/sub (EVENTS_URL=redis://…). In process on SQLite (one process).
 
 Two commits may be heard in the other order (two processes, two connections): what needs
 commit order puts events back in it (app.messenger.ordering, by each thread's version).
@@ -37,6 +36,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.driver import fetch
 from app.core.settings import settings
 
 log = logging.getLogger("app.events")
@@ -130,7 +130,7 @@ class Notify(Channel):
 
     async def send(self, conn: AsyncConnection, payloads: list[str]) -> None:
         try:
-            await conn.execute(NOTIFY, {"channel": CHANNEL, "payloads": payloads})
+            await fetch(conn, NOTIFY, {"channel": CHANNEL, "payloads": payloads})
             if conn.in_transaction():  # behind a pooler reads are transactions too
                 await conn.commit()
         except (DBAPIError, PendingRollbackError) as exc:

@@ -5,15 +5,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Select
+from sqlalchemy import Select, TextClause
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.db import EACH_STATEMENT_COMMITS
-
 
 class Rows(NamedTuple):
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # a Select's columns (a text statement's rows: by position)
     rows: Sequence[Any]  # each indexed by position, in the order of `keys`
 
 
@@ -42,14 +40,15 @@ _compiled: WeakKeyDictionary[Any, _ForDriver | None] = WeakKeyDictionary()
 def _for_the_driver(stmt: Any, dialect: Dialect) -> _ForDriver | None:
     """`stmt` compiled once for asyncpg; None for one whose rows SQLAlchemy converts, or
     that it compiles again for each call (the plain path takes those)."""
-    if not isinstance(stmt, Select):
+    if not isinstance(stmt, Select | TextClause):
         return None
     if stmt not in _compiled:
         compiled = stmt.compile(dialect=dialect)
         binds = [compiled.binds[name] for name in compiled.positiontup or ()]
+        columns = stmt.selected_columns if isinstance(stmt, Select) else None
+        keys = () if columns is None else tuple(columns.keys())
         converts = any(
-            c.type.dialect_impl(dialect).result_processor(dialect, None)
-            for c in stmt.selected_columns
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns or ()
         )
         per_call = compiled.literal_execute_params or compiled.post_compile_params
         params = tuple(
@@ -61,7 +60,6 @@ def _for_the_driver(stmt: Any, dialect: Dialect) -> _ForDriver | None:
             for b in binds
         )
         plain = converts or per_call or any(b.callable is not None for b in binds)
-        keys = tuple(stmt.selected_columns.keys())
         _compiled[stmt] = None if plain else _ForDriver(compiled.string, params, keys)
     return _compiled[stmt]
 
@@ -80,8 +78,7 @@ async def fetch(conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Row
     lost its connection, on which the second run fails at once."""
     sync = conn.sync_connection
     if (
-        EACH_STATEMENT_COMMITS
-        and sync is not None
+        sync is not None
         and not sync.invalidated
         and not sync.dispatch.before_cursor_execute
         and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"

@@ -5,7 +5,18 @@ transaction when there is one, and to fail as the plain path fails."""
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, Select, bindparam, case, event, func, literal, select
+from sqlalchemy import (
+    Integer,
+    Select,
+    TextClause,
+    bindparam,
+    case,
+    event,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 
 from app.core.accounts.models import User
@@ -32,13 +43,14 @@ READS = {  # each with the rows it finds
         .limit(bindparam("limit")),
         2,
     ),
+    "text": (text('SELECT id, email FROM "user" WHERE id = :mine'), 1),
     "no rows": (select(users.c.id).where(users.c.id == bindparam("mine"), users.c.id < 0), 0),
 }
 
 
 @pytest.mark.parametrize(("stmt", "rows"), READS.values(), ids=READS.keys())
 async def test_a_read_returns_what_the_plain_path_returns(
-    make_user: MakeUser, stmt: Select[Any], rows: int
+    make_user: MakeUser, stmt: Select[Any] | TextClause, rows: int
 ) -> None:
     made = [await make_user() for _ in range(3)]
     params = {"ids": [u["id"] for u in made][:2], "mine": made[0]["id"], "limit": 5}
@@ -46,7 +58,8 @@ async def test_a_read_returns_what_the_plain_path_returns(
         found = await fetch(conn, stmt, params)
         took_the_driver = not conn.in_transaction()  # the plain path begins one
         plain = await conn.execute(stmt, params)
-        assert found.keys == tuple(plain.keys())
+        if isinstance(stmt, Select):  # a text statement's rows are read by position
+            assert found.keys == tuple(plain.keys())
         assert [tuple(row) for row in found.rows] == [tuple(row) for row in plain.all()]
     assert took_the_driver == (not settings.is_sqlite)
     assert len(found.rows) == rows
