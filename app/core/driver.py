@@ -87,7 +87,7 @@ async def fetch(conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Row
         driver: Any = sync.connection.driver_connection
         try:
             return Rows(compiled.keys, await driver.fetch(compiled.sql, *compiled.args(params)))
-        except Exception:
+        except Exception:  # run again below, to fail as SQLAlchemy fails
             pass
     result = await conn.execute(stmt, params)
     return Rows(tuple(result.keys()), result.all())
