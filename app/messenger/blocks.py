@@ -6,6 +6,7 @@ from sqlalchemy import Integer, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.accounts.models import User, UserPublic
+from app.core.accounts.users import Users
 from app.core.errors import Invalid, NotFound
 from app.core.models import UTCDateTime, table, utcnow
 from app.core.repository import live, upsert
@@ -19,12 +20,6 @@ mine = (
 
 
 class Blocks:
-    # The blocker's own row, locked as an update would lock it. An add of the blocker to a
-    # thread share-locks that row (`Threads._joinable`): one that locked it first commits
-    # before the block; one that comes later waits for the block, then sees it.
-    _lock = (
-        select(users.c.id).where(users.c.id == bindparam("user_id")).with_for_update(key_share=True)
-    )
     # A row for a live user (none for an unknown or deleted one); blocking again keeps the
     # first row, and still answers with it.
     _add = (
@@ -69,7 +64,10 @@ class Blocks:
         if blocked_id == user_id:
             raise Invalid("user_id", "You cannot block yourself", where="path")
         params = {"user_id": user_id, "blocked_id": blocked_id}
-        await self.conn.execute(self._lock, params)
+        # The blocker's own row, locked as an update would lock it. An add of the blocker to
+        # a thread share-locks that row (`Threads._joinable`): one that locked it first
+        # commits before the block; one that comes later waits for the block, then sees it.
+        await Users(self.conn).lock(user_id)
         if (await self.conn.execute(self._add, {**params, "now": utcnow()})).first() is None:
             raise NotFound("User not found")
 

@@ -21,11 +21,11 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    true,
     update,
 )
 
 from app.core.accounts.models import User
+from app.core.accounts.users import Users
 from app.core.driver import fetch
 from app.core.errors import Conflict, Forbidden, Invalid, NotFound, TooMany
 from app.core.models import UTCDateTime, table, utcnow
@@ -98,15 +98,6 @@ class Uploads(Repository[UploadRow]):
         .where(uploads.c.uploader_id == bindparam("user_id"), pending)
         .scalar_subquery()
     )
-    # Uploads of one user take turns on its row (NO KEY: sends, which reference the row,
-    # are not held up), so two racing uploads cannot both take the last place. Live and
-    # active only: the token was checked before the body arrived, and a deletion or
-    # deactivation committed meanwhile wins (the deletion's lock is the same one).
-    _lock_user = (
-        select(users.c.id)
-        .where(users.c.id == bindparam("user_id"), live(users), users.c.is_active == true())
-        .with_for_update(key_share=True)
-    )
     _add = (
         insert(uploads)
         .from_select(
@@ -168,8 +159,12 @@ class Uploads(Repository[UploadRow]):
         """Record an upload whose bytes are saved, unless the user holds
         MAX_PENDING_UPLOADS already: counted under the user's lock, so two racing uploads
         cannot both take the last place."""
-        if (await self.conn.execute(self._lock_user, {"user_id": user_id})).first() is None:
-            raise NotFound("User not found")  # deleted or deactivated while the body came
+        # Uploads of one user take turns on its row (Users.lock: sends, which reference the
+        # row, are not held up), so two racing uploads cannot both take the last place. The
+        # token was checked before the body arrived: a deletion or deactivation committed
+        # meanwhile wins (the deletion's lock is the same one).
+        if not (await Users(self.conn).lock(user_id)).is_active:
+            raise NotFound("User not found")
         params = {"user_id": user_id, "now": utcnow(), "fresh": fresh(), **values}
         params["cap"] = messenger_settings.max_pending_uploads
         row = (await self.conn.execute(self._add, params)).first()
