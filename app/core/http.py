@@ -213,11 +213,13 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
         conn: Request | WebSocket, exc: Exception
     ) -> JSONResponse | None:
         """The database is away or busy: 503 at once, so clients retry, instead of a 500."""
-        if isinstance(exc, DataError):  # a value past what a column holds: the client's
-            out_of_range = JSONResponse({"detail": "A value is out of range"}, status_code=422)
-            return await answer(conn, out_of_range)
-        # SQLite's OperationalError also means a bad statement: only a lock is capacity.
         state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+        # A value past what a column holds (SQLSTATE class 22; SQLAlchemy's asyncpg
+        # dialect raises it as a plain DBAPIError): the client's mistake.
+        if isinstance(exc, DataError) or state.startswith("22"):
+            detail = [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
+            return await answer(conn, JSONResponse({"detail": detail}, status_code=422))
+        # SQLite's OperationalError also means a bad statement: only a lock is capacity.
         operational = isinstance(exc, OperationalError | InterfaceError) and (
             "sqlite" not in type(exc.orig).__module__ or "locked" in str(exc.orig)
         )

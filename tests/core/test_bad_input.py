@@ -4,10 +4,15 @@ that show nothing of the server's insides."""
 
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import text
 
-from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor
+from app.core.db import engine
+from app.core.http import install
+from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor, pg_only
 
 
 @API8
@@ -89,3 +94,31 @@ async def test_cursors_at_the_edges_are_400(
         "/api/users", params={"cursor": encode_cursor(value)}, headers=admin.headers
     )
     assert r.status_code == 400, r.text
+
+
+@pg_only
+async def test_a_value_the_database_refuses_is_fastapis_422() -> None:
+    """A value past what a column holds that no model caught: the client's mistake, in
+    FastAPI's list shape, never a 500 or a 503."""
+    app = FastAPI()
+    install(app)
+
+    @app.get("/small")
+    async def small(n: int) -> int:
+        async with engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        text("SELECT CAST(CAST(:n AS integer) AS smallint)"), {"n": n}
+                    )
+                ).one()[0]
+            )
+
+    transport = httpx.ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://test") as bare:
+        assert (await bare.get("/small", params={"n": 7})).json() == 7
+        r = await bare.get("/small", params={"n": 70000})
+    assert r.status_code == 422
+    assert r.json() == {
+        "detail": [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
+    }

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.core.settings import settings
-from tests.helpers import API2, API4, PASSWORD, MakeUser, login, signup
+from tests.helpers import API2, API4, PASSWORD, MakeUser, fetch, login, signup
 from tests.servers import MAIL_FRONTEND, Inbox, token_of
 
 FRONTEND = MAIL_FRONTEND
@@ -158,9 +158,9 @@ async def test_reset_answers_alike_for_unknown_emails(
     times: dict[bool, list[float]] = {True: [], False: []}
     bodies = set()
     for i, (k, u) in enumerate(zip(known, unknown, strict=True)):
-        # Alternating who goes first: the sender's work after a known email hits the next.
         pair = [(k, True), (u, False)]
         for address, registered in pair if i % 2 else pair[::-1]:
+            await jobs_done()  # the job of a known email, done later, is not the request's
             start = time.perf_counter()
             r = await client.post("/api/auth/password-reset", json={"email": address})
             times[registered].append(time.perf_counter() - start)
@@ -175,6 +175,13 @@ async def test_reset_answers_alike_for_unknown_emails(
     assert not any(inbox.to(address) for address in unknown)
     r = await client.post("/api/auth/password-reset", json={"email": "not an email"})
     assert r.status_code == 422
+
+
+async def jobs_done() -> None:
+    deadline = time.monotonic() + 10
+    while (await fetch("SELECT count(*) FROM mail WHERE next_attempt_at IS NOT NULL"))[0][0]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
 
 
 @API4
