@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -65,6 +66,18 @@ if settings.is_sqlite:
         # can fail with "database is locked" instead of waiting. Readers never take it.
         writes = not conn.get_execution_options().get("read_only")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+else:
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _drop_a_half_sent_statement(context: ExceptionContext) -> None:
+        # asyncpg refuses an argument it cannot encode (an int past int32) after the server
+        # has the statement, which then waits mid-statement, in a transaction that holds the
+        # statement's locks, until the connection's next use. That refusal is raised from
+        # the encoder's own error; its connection is closed, not lent again.
+        refused = context.original_exception.__cause__
+        if isinstance(refused, asyncpg.DataError) and refused.__cause__ is not None:
+            context.is_disconnect = True
 
 
 # Reads need no BEGIN/COMMIT on PostgreSQL: under READ COMMITTED each statement has its

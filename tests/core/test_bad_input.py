@@ -8,11 +8,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 
-from app.core.db import engine
+from app.core.accounts.users import Users, users
+from app.core.db import begin, connect
 from app.core.http import install
-from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor, pg_only
+from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor, fetch, pg_only
 
 
 @API8
@@ -98,27 +99,37 @@ async def test_cursors_at_the_edges_are_400(
 
 @pg_only
 async def test_a_value_the_database_refuses_is_fastapis_422() -> None:
-    """A value past what a column holds that no model caught: the client's mistake, in
-    FastAPI's list shape, never a 500 or a 503."""
+    """A value past what a column holds that no model caught is the client's mistake: 422
+    in FastAPI's list shape, never a 500 or a 503, whether the server refuses it (a cast)
+    or the driver (an int past int32). The driver's refusal leaves no lock behind."""
     app = FastAPI()
     install(app)
 
-    @app.get("/small")
-    async def small(n: int) -> int:
-        async with engine.connect() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        text("SELECT CAST(CAST(:n AS integer) AS smallint)"), {"n": n}
-                    )
-                ).one()[0]
-            )
+    @app.get("/cast")
+    async def cast(n: int) -> int:
+        async with connect() as conn:
+            small = await conn.scalar(text("SELECT CAST(:n AS integer)::smallint"), {"n": n})
+            return int(small)
+
+    @app.get("/count")
+    async def count(n: int) -> int:
+        async with connect() as conn:
+            return len(await Users(conn).all(select(users).where(users.c.id == n)))
+
+    @app.post("/rename")
+    async def rename(n: int) -> None:
+        async with begin() as conn:
+            await conn.execute(update(users).where(users.c.id == n).values(full_name="x"))
 
     transport = httpx.ASGITransport(app=app)
+    refused = [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
     async with AsyncClient(transport=transport, base_url="http://test") as bare:
-        assert (await bare.get("/small", params={"n": 7})).json() == 7
-        r = await bare.get("/small", params={"n": 70000})
-    assert r.status_code == 422
-    assert r.json() == {
-        "detail": [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
-    }
+        assert (await bare.get("/cast", params={"n": 7})).json() == 7
+        assert (await bare.get("/count", params={"n": 7})).json() == 0
+        assert (await bare.post("/rename", params={"n": 7})).status_code == 200
+        tries = [("/cast", 70000), ("/count", 2**40), ("/count", -(2**31) - 1), ("/rename", 2**40)]
+        for path, n in tries:
+            r = await bare.request("POST" if path == "/rename" else "GET", path, params={"n": n})
+            assert (r.status_code, r.json()) == (422, {"detail": refused}), path
+    held = "SELECT count(*) FROM pg_locks WHERE relation = 'user'::regclass"
+    assert (await fetch(held))[0][0] == 0
