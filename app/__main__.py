@@ -5,7 +5,7 @@ import logging
 
 import uvicorn
 
-from app.core.http import WEBSOCKET_OPTIONS
+from app.core.http import SERVER_OPTIONS
 from app.core.logs import JsonFormatter, redact_server_logs
 from app.core.settings import settings
 
@@ -35,5 +35,5 @@ if __name__ == "__main__":
         forwarded_allow_ips=settings.forwarded_allow_ips or "",
         log_config=None,  # the root logger above formats uvicorn's lines too
         access_log=False,  # ours (app.core.middleware.RequestLog) leaves the query string out
-        **WEBSOCKET_OPTIONS,
+        **SERVER_OPTIONS,
     )

@@ -26,7 +26,7 @@ from sqlmodel import SQLModel  # noqa: E402
 
 from app.core.accounts.tokens import callers  # noqa: E402
 from app.core.db import engine, migrate_to_head  # noqa: E402
-from app.core.http import WEBSOCKET_OPTIONS  # noqa: E402
+from app.core.http import SERVER_OPTIONS  # noqa: E402
 from app.core.settings import settings  # noqa: E402
 from app.main import app  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -120,7 +120,7 @@ async def live_server() -> AsyncIterator[str]:
             port=port,
             lifespan="off",
             log_level="warning",
-            **WEBSOCKET_OPTIONS,
+            **SERVER_OPTIONS,
         )
     )
     task = asyncio.create_task(server.serve())

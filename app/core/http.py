@@ -1,6 +1,7 @@
 """The HTTP layer: the middlewares installed (app.core.middleware), the route class that
 reads JSON strictly, and the one place where exceptions become FastAPI's error shape."""
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Collection, Coroutine
@@ -21,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.websockets import WebSocket, WebSocketState
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.core.errors import DomainError, Invalid
@@ -40,10 +42,44 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
 
-# How uvicorn serves WebSockets, wherever it is started. Clients have nothing to send but
-# pings: a message over 4 KiB closes the socket (1009) before more of it is read, and no
-# compression is offered, so no small frame can inflate into a big one.
-WEBSOCKET_OPTIONS: dict[str, Any] = {
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's own, with a time limit on a request's headers (REQUEST_HEADERS_TIMEOUT_SECONDS):
+    uvicorn times only a kept-alive connection on which nothing arrives, so a client that
+    sends its headers a byte at a time (slowloris) would hold a connection for ever."""
+
+    headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.time_headers()
+
+    def on_headers_complete(self) -> None:
+        self.time_headers(stop=True)
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # else a pipelined request started
+            self.time_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.time_headers(stop=True)
+        super().connection_lost(exc)
+
+    def time_headers(self, stop: bool = False) -> None:
+        if self.headers_timer is not None:
+            self.headers_timer.cancel()
+        self.headers_timer = None
+        if not stop:
+            limit = settings.request_headers_timeout_seconds
+            self.headers_timer = self.loop.call_later(limit, self.timeout_keep_alive_handler)
+
+
+# How uvicorn serves HTTP and WebSockets when the app starts it (`python -m app`). Clients
+# have nothing to send on a socket but pings: a message over 4 KiB closes it (1009) before
+# more of it is read, and no compression is offered, so no small frame inflates.
+SERVER_OPTIONS: dict[str, Any] = {
+    "http": HttpProtocol,
     "ws": WebSocketProtocol,
     "ws_max_size": 4096,
     "ws_per_message_deflate": False,

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     request_queue_size: NonNegativeInt = 1000
     # A request body must have arrived by then (408): slow bodies hold no slot meanwhile.
     request_body_timeout_seconds: PositiveFloat = 10
+    # A request's headers must have arrived by then, or its connection is closed.
+    request_headers_timeout_seconds: PositiveFloat = 10
     cors_origins: list[str] = []
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
 

@@ -16,7 +16,7 @@ from app.core import metrics
 from app.core.accounts.tokens import Caller, callers
 from app.core.db import connect
 from app.core.events import Listening, UserChanged, bus
-from app.core.http import WEBSOCKET_OPTIONS
+from app.core.http import SERVER_OPTIONS
 from app.messenger.events import ThreadEvent
 from app.messenger.messages import Messages
 from app.messenger.ordering import InOrder
@@ -30,7 +30,7 @@ QUEUE_SIZE = 256  # events a socket may fall behind before it is closed
 # listener reconnects a second after it dropped; clients closed with 1012 come back at once.
 HEARING_SECONDS = 5.0
 CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_RESTART, CLOSE_TOO_SLOW = 4401, 4429, 1012, 1013
-CLOSE_TOO_BIG, MAX_CLIENT_MESSAGE = 1009, int(WEBSOCKET_OPTIONS["ws_max_size"])  # any start
+CLOSE_TOO_BIG, MAX_CLIENT_MESSAGE = 1009, int(SERVER_OPTIONS["ws_max_size"])  # any start
 READY = json.dumps({"type": "ready", "thread_id": None, "data": {}})
 
 

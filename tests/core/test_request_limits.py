@@ -2,17 +2,20 @@
 limit answers with a clear status, and the server keeps serving everyone else."""
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from httpx import AsyncClient, Response
+from websockets.asyncio.client import connect
 
 from app.core.settings import settings
-from tests.helpers import API4, PASSWORD, bearer, login
+from tests.helpers import API4, PASSWORD, bearer, login, ws_url
 from tests.servers import clean_env, start
 
 pytestmark = [API4, pytest.mark.timing]  # slow bodies and hashing, timed
@@ -55,6 +58,47 @@ async def test_slow_bodies_hold_no_slot_and_time_out(tmp_path: Path) -> None:
                 assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
                 assert b"Request body timed out" in answer
                 writer.close()
+
+
+async def test_headers_that_never_end_lose_their_connection(tmp_path: Path) -> None:
+    """A connection that sends nothing, one that sends its headers a byte at a time (never
+    the keep-alive timeout's 5 s of quiet), and one that does so for its second request:
+    each is closed once REQUEST_HEADERS_TIMEOUT_SECONDS have passed. A WebSocket, whose
+    request had its headers in time, is not."""
+    with start(tmp_path, env(REQUEST_HEADERS_TIMEOUT_SECONDS="2")) as server:
+        url = urlsplit(server.base)
+
+        async def held(first: bytes, trickle: bytes) -> float:
+            """How long the server keeps the connection after `first`'s answer, or after
+            `first` if it has none, while `trickle` comes a byte every 0.2 s (5 s at most)."""
+            reader, writer = await asyncio.open_connection(url.hostname, url.port)
+            writer.write(first)
+            if first.endswith(b"\r\n\r\n"):
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            started, more = time.monotonic(), (trickle * 25)[:25]
+            for byte in more or bytes(25):
+                if more:
+                    writer.write(bytes([byte]))
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(), 0.2)  # returns once it is closed
+                    break
+            writer.close()
+            return time.monotonic() - started
+
+        slow = b"X-Slow: " + b"a" * 40
+        cases = [(b"", b""), (b"", b"GET /" + b"a" * 40)]
+        cases.append((b"GET /api/health HTTP/1.1\r\nHost: t\r\n", slow))
+        cases.append((b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /" + slow))
+        for first, trickle in cases:
+            assert 1.5 < await held(first, trickle) < 4, (first, trickle)
+        async with AsyncClient(base_url=server.base, timeout=5) as http:
+            body = {"email": "ws@example.com", "password": PASSWORD, "full_name": "W"}
+            assert (await http.post("/api/auth/signup", json=body)).status_code == 201
+            token = (await login(http, "ws@example.com")).json()["access_token"]
+        async with connect(ws_url(url.netloc, token)) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await asyncio.sleep(3)
+            await asyncio.wait_for(await ws.ping(), 2)
 
 
 async def test_a_full_hash_queue_is_reachable_and_answers_503(client: AsyncClient) -> None:
