@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app.core.driver import PLAIN
 from app.core.errors import Unavailable
 from app.core.events import Event, bus
 from app.core.settings import settings
@@ -199,9 +200,11 @@ async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[Non
         return
     local = settings.behind_pooler  # the transaction ends it: nothing to reset
     await conn.execute(_TIME_LIMIT, {"ms": str(int(seconds * 1000)), "local": local})
+    conn.info[PLAIN] = True
     try:
         yield
     finally:
+        conn.info.pop(PLAIN, None)
         if not local and not conn.invalidated:  # a lost session's settings are gone with it
             await conn.execute(_NO_TIME_LIMIT)
 

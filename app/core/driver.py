@@ -16,6 +16,10 @@ class Rows(NamedTuple):
 
 
 _GIVEN = object()  # a parameter the caller gives, not one the statement holds
+# While a connection's `info` holds this key, its statements take the plain path: a block
+# whose statements must not run twice, as under a time limit (app.core.db.time_limit),
+# where the second run after a timeout would take as long again.
+PLAIN = "plain statements"
 
 
 class _ForDriver(NamedTuple):
@@ -70,8 +74,8 @@ async def fetch(conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Row
     own: a page of messages runs five, a fifth of its request. Where each statement
     commits as it runs (a read connection on PostgreSQL), the same statement, compiled
     once, runs on the driver's connection instead. Elsewhere (SQLite, inside a
-    transaction, behind a pooler, with a listener on statements such as telemetry's) it
-    is conn.execute, and so is a statement whose rows SQLAlchemy converts.
+    transaction, behind a pooler, with a listener on statements such as telemetry's, or
+    under PLAIN) it is conn.execute, and so is a statement whose rows SQLAlchemy converts.
     After an error the plain path runs it once more, to fail as every statement fails: a
     lost connection discarded by the pool and answered 503, a value out of range 422. A
     statement that writes is safe to run again: it failed as a whole, or it committed and
@@ -80,6 +84,7 @@ async def fetch(conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Row
     if (
         sync is not None
         and not sync.invalidated
+        and PLAIN not in sync.info
         and not sync.dispatch.before_cursor_execute
         and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
         and (compiled := _for_the_driver(stmt, conn.dialect)) is not None

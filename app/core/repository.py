@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
-from app.core.driver import fetch
+from app.core.driver import Rows, fetch
 from app.core.errors import Conflict
 from app.core.models import MAX_ID, utcnow
 from app.core.settings import settings
@@ -155,15 +155,17 @@ class Repository(Generic[R]):
     def load(self, row: Any) -> R:
         return builder(self.row, tuple(row._fields))(row)  # type: ignore[no-any-return]
 
+    def built(self, found: Rows) -> list[R]:
+        """Rows as `fetch` gives them, built as `model_construct` would build them."""
+        make = builder(self.row, found.keys)
+        return [make(row) for row in found.rows]
+
     async def first(self, stmt: Any, **params: Any) -> R | None:
         found = await fetch(self.conn, stmt, params)
         return builder(self.row, found.keys)(found.rows[0]) if found.rows else None
 
     async def all(self, stmt: Any, **params: Any) -> list[R]:
-        """The rows of a read, built as `model_construct` would build them."""
-        found = await fetch(self.conn, stmt, params)
-        make = builder(self.row, found.keys)
-        return [make(row) for row in found.rows]
+        return self.built(await fetch(self.conn, stmt, params))
 
     async def get(self, id: int) -> R | None:
         return await self.first(self._get, id=id)
@@ -214,22 +216,28 @@ class Keyset:
 
     async def page(
         self, conn: AsyncConnection, limit: int, after: Sequence[Any] | None, **params: Any
-    ) -> tuple[list[Any], bool]:
+    ) -> tuple[Rows, bool]:
+        """At most `limit` rows, and whether more follow."""
         params["limit"] = limit + 1
         if after is not None:
             params |= dict(zip(self.keys, after, strict=True))
-        rows = (await conn.execute(self.first if after is None else self.after, params)).all()
-        return rows[:limit], len(rows) > limit
+        found = await fetch(conn, self.first if after is None else self.after, params)
+        return found._replace(rows=found.rows[:limit]), len(found.rows) > limit
 
 
-def contains(column: ColumnElement[str], text: str) -> ColumnElement[bool]:
-    """`column` contains `text`, in any case; `%`, `_` and `\\` in it are plain characters.
-    On SQLite, whose ILIKE lowers ASCII letters only, both sides are lowered by Python's
+def contains(column: ColumnElement[str], name: str) -> ColumnElement[bool]:
+    """`column` contains the text given as `name`, as `pattern` makes it, in any case. On
+    SQLite, whose ILIKE lowers ASCII letters only, both sides are lowered by Python's
     str.lower (`unicode_lower`, registered in app.core.db)."""
-    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     if settings.is_sqlite:
-        return func.unicode_lower(column).like(pattern.lower(), escape="\\")
-    return column.ilike(pattern, escape="\\")
+        return func.unicode_lower(column).like(bindparam(name), escape="\\")
+    return column.ilike(bindparam(name), escape="\\")
+
+
+def pattern(text: str) -> str:
+    """The value `contains` is given for `text`: `%`, `_` and `\\` in it are plain."""
+    found = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return found.lower() if settings.is_sqlite else found
 
 
 def in_ids(column: ColumnElement[int], name: str) -> ColumnElement[bool]:

@@ -113,7 +113,7 @@ class Feeds(Repository[MessageOut]):
         # A common word in many threads matches a great many rows: bounded, 503 past it.
         async with time_limit(self.conn, messenger_settings.search_seconds):
             rows, more = await found.page(self.conn, limit, after, **params)
-        items = await Messages(self.conn).filled([self.load(r) for r in rows], user_id)
+        items = await Messages(self.conn).filled(self.built(rows), user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
     async def mentioning(
@@ -121,7 +121,7 @@ class Feeds(Repository[MessageOut]):
     ) -> Page[MessageOut]:
         """Messages of the user's live threads that mention it, newest first."""
         rows, more = await self._mentioning.page(self.conn, limit, after, user_id=user_id)
-        items = await Messages(self.conn).filled([self.load(r) for r in rows], user_id)
+        items = await Messages(self.conn).filled(self.built(rows), user_id)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
     async def changes(

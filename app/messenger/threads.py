@@ -3,19 +3,28 @@ here (members see it, its owner renames and deletes it, anyone leaves), with ver
 pages and leaving. A deleted thread's uploads go with it (app.messenger.uploads)."""
 
 from collections import defaultdict
-from collections.abc import Sequence
 from contextlib import suppress
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Update, bindparam, exists, func, select, text, true, update
+from sqlalchemy import Update, bindparam, exists, func, literal_column, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.accounts.models import User, UserPublic
+from app.core.driver import Rows, fetch
 from app.core.errors import Forbidden, Invalid, NotFound
 from app.core.events import UserDeleted
 from app.core.models import Page, table, utcnow
-from app.core.repository import Keyset, Repository, builder, encode_cursor, in_ids, live, upsert
+from app.core.repository import (
+    Keyset,
+    Repository,
+    builder,
+    encode_cursor,
+    fill,
+    in_ids,
+    live,
+    upsert,
+)
 from app.core.settings import settings
 from app.messenger.events import changed
 from app.messenger.markers import unread, unread_mentions
@@ -56,7 +65,9 @@ class Threads(Repository[ThreadRow]):
         .where(memberships.c.user_id == bindparam("user_id"), live(memberships), live(threads))
     )
     _one = _mine.where(threads.c.id == bindparam("id"))
-    _as_seen = select(*columns).where(threads.c.id == bindparam("id"))  # deleted too
+    _as_seen = select(  # deleted too; nothing unread for one who is no member
+        *columns, *(literal_column("0").label(n) for n in ("unread_count", "unread_mention_count"))
+    ).where(threads.c.id == bindparam("id"))
     _members = (
         select(memberships.c.thread_id, users.c.id, users.c.full_name)
         .join(users, users.c.id == memberships.c.user_id)
@@ -109,39 +120,29 @@ class Threads(Repository[ThreadRow]):
             raise NotFound("Thread not found")
         return self.load(row)
 
-    async def views(self, rows: Sequence[Any]) -> list[ThreadOut]:
-        """ThreadOut of rows of `_mine` (or unread 0), members in one more statement."""
+    async def views(self, found: Rows) -> list[ThreadOut]:
+        """ThreadOut of rows of `_mine` or `_as_seen`, members in one more statement."""
+        make = builder(ThreadOut, found.keys)
+        views = [make(row) for row in found.rows]
         members: dict[int, list[UserPublic]] = defaultdict(list)
-        if rows:
-            found = await self.conn.execute(self._members, {"ids": [r.id for r in rows]})
-            member = builder(UserPublic, tuple(found.keys()))  # a page may list thousands
-            for row in found:
-                members[row.thread_id].append(member(row))
-        views = []
-        for row in rows:
-            values = row._mapping  # a new mapping object at each use: read it once
-            views.append(
-                ThreadOut.model_construct(
-                    **{c.name: values[c.name] for c in columns},
-                    members=members[row.id],
-                    unread_count=values.get("unread_count", 0),
-                    unread_mention_count=values.get("unread_mention_count", 0),
-                )
-            )
-        return views
+        if views:
+            listed = await fetch(self.conn, self._members, {"ids": [v.id for v in views]})
+            member = builder(UserPublic, listed.keys)  # a page may list thousands
+            for row in listed.rows:
+                members[row[0]].append(member(row))
+        return fill(views, "members", members)
 
     async def view(self, thread_id: int, user_id: int) -> ThreadOut:
-        rows = (await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id})).all()
-        if not rows:  # not the caller's (left it): as others see it
-            rows = (await self.conn.execute(self._as_seen, {"id": thread_id})).all()
-        return (await self.views(rows))[0]
+        found = await fetch(self.conn, self._one, {"id": thread_id, "user_id": user_id})
+        if not found.rows:  # not the caller's (left it): as others see it
+            found = await fetch(self.conn, self._as_seen, {"id": thread_id})
+        return (await self.views(found))[0]
 
     async def seen(self, thread_id: int, user_id: int) -> ThreadOut:
         """The thread as a member reads it. Each statement finds the caller a member still:
         on PostgreSQL one removed after its route's check would read what came after."""
-        views = await self.views(
-            (await self.conn.execute(self._one, {"id": thread_id, "user_id": user_id})).all()
-        )
+        found = await fetch(self.conn, self._one, {"id": thread_id, "user_id": user_id})
+        views = await self.views(found)
         if not views or all(m.id != user_id for m in views[0].members):
             raise NotFound("Thread not found")
         return views[0]
@@ -149,9 +150,10 @@ class Threads(Repository[ThreadRow]):
     _pages = Keyset(_mine, [activity, threads.c.id], descending=True)
 
     async def page_for(self, user_id: int, limit: int, after: list[Any] | None) -> Page[ThreadOut]:
-        rows, more = await self._pages.page(self.conn, limit, after, user_id=user_id)
-        cursor = encode_cursor([rows[-1].activity, rows[-1].id]) if more else None
-        return Page(items=await self.views(rows), next_cursor=cursor)
+        found, more = await self._pages.page(self.conn, limit, after, user_id=user_id)
+        last = dict(zip(found.keys, found.rows[-1], strict=True)) if more else {}
+        cursor = encode_cursor([last["activity"], last["id"]]) if more else None
+        return Page(items=await self.views(found), next_cursor=cursor)
 
     # Live, active users among `ids` that do not block `by`: one that does looks like one
     # that is not there. Share-locked first, until the transaction ends: a deletion of one
@@ -197,13 +199,9 @@ class Threads(Repository[ThreadRow]):
         await self._joinable_users({owner_id, *others}, owner_id, "member_ids")
         thread = await self.create(owner_id=owner_id, title=title)
         now = utcnow()
-        await self.conn.execute(
-            memberships.insert(),
-            [
-                {"thread_id": thread.id, "user_id": uid, "created_at": now, "updated_at": now}
-                for uid in [owner_id, *sorted(others)]
-            ],
-        )
+        joined = {"thread_id": thread.id, "created_at": now, "updated_at": now}
+        rows = [{**joined, "user_id": uid} for uid in [owner_id, *sorted(others)]]
+        await self.conn.execute(memberships.insert(), rows)
         view = await self.view(thread.id, owner_id)
         changed(self.conn, "thread.created", thread.id, view, view.version)
         return view

@@ -2,6 +2,7 @@
 (app.core.driver): held here to return what the plain path returns, to stay inside a
 transaction when there is one, and to fail as the plain path fails."""
 
+import time
 from typing import Any
 
 import pytest
@@ -20,8 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from app.core.accounts.models import User
-from app.core.db import begin, connect, engine
-from app.core.driver import fetch
+from app.core.db import begin, connect, engine, time_limit
+from app.core.driver import PLAIN, fetch
 from app.core.models import table
 from app.core.repository import in_ids, live
 from app.core.settings import settings
@@ -124,3 +125,18 @@ async def test_a_connection_ended_under_a_read_is_discarded() -> None:
         assert raised.value.connection_invalidated
     async with connect() as conn:
         assert (await fetch(conn, select(func.pg_backend_pid()), {})).rows[0][0] != pid
+
+
+@on_postgres
+async def test_a_statement_under_a_time_limit_runs_once() -> None:
+    """Under `time_limit` a statement takes the plain path: after a timeout on the driver's,
+    the second run would take as long again."""
+    async with connect() as conn:
+        async with time_limit(conn, 0.3):
+            started = time.monotonic()
+            with pytest.raises(DBAPIError) as raised:
+                await fetch(conn, select(func.pg_sleep(1.5)), {})
+            took = time.monotonic() - started
+        assert raised.value.orig.sqlstate == "57014"  # type: ignore[union-attr]
+        assert took < 0.55, took
+        assert PLAIN not in conn.info  # the driver's path again, once the limit is off

@@ -3,6 +3,7 @@
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Row, String, bindparam, cast, delete, or_, select, true, update
@@ -13,7 +14,7 @@ from app.core.errors import NotFound
 from app.core.events import UserChanged, UserDeleted, publish
 from app.core.models import Page, table, utcnow
 from app.core.outbox import Outbox
-from app.core.repository import Keyset, Repository, contains, encode_cursor, live
+from app.core.repository import Keyset, Repository, contains, encode_cursor, live, pattern
 from app.core.settings import settings
 
 users, sessions, tokens = table(User), table(AuthSession), table(MailToken)
@@ -58,14 +59,23 @@ class Users(Repository[UserRow]):
         )
         return set((await self.conn.execute(stmt)).scalars())
 
+    @staticmethod
+    @cache
+    def _search(q: bool, include_deleted: bool) -> Keyset:
+        """The pages of a search, by `q` or not: built once for each kind."""
+        stmt = Users.select(include_deleted=include_deleted)
+        if q:
+            stmt = stmt.where(or_(contains(users.c.email, "q"), contains(users.c.full_name, "q")))
+        return Keyset(stmt, [users.c.id])
+
     async def search(
         self, q: str | None, include_deleted: bool, limit: int, after: list[Any] | None
     ) -> Page[UserRow]:
-        stmt = self.select(include_deleted=include_deleted)
-        if q:
-            stmt = stmt.where(or_(contains(users.c.email, q), contains(users.c.full_name, q)))
-        rows, more = await Keyset(stmt, [users.c.id]).page(self.conn, limit, after)
-        items = [self.load(r) for r in rows]
+        params = {"q": pattern(q)} if q else {}
+        found, more = await self._search(bool(q), include_deleted).page(
+            self.conn, limit, after, **params
+        )
+        items = self.built(found)
         return Page(items=items, next_cursor=encode_cursor([items[-1].id]) if more else None)
 
     async def update(self, id: int, **values: Any) -> UserRow | None:
