@@ -204,9 +204,10 @@ async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[Non
     try:
         yield
     finally:
-        conn.info.pop(PLAIN, None)
-        if not local and not conn.invalidated:  # a lost session's settings are gone with it
-            await conn.execute(_NO_TIME_LIMIT)
+        if not conn.invalidated:  # a lost connection's settings and info are gone with it
+            del conn.info[PLAIN]
+            if not local:
+                await conn.execute(_NO_TIME_LIMIT)
 
 
 async def refuse_a_hidden_pooler() -> None:
