@@ -75,10 +75,11 @@ else:
         # asyncpg refuses an argument it cannot encode (an int past int32) after the server
         # has the statement, which then waits mid-statement, in a transaction that holds the
         # statement's locks, until the connection's next use. That refusal is raised from
-        # the encoder's own error; its connection is closed, not lent again.
+        # the encoder's own error; its connection is closed, not lent again (and only it).
         refused = context.original_exception.__cause__
         if isinstance(refused, asyncpg.DataError) and refused.__cause__ is not None:
             context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
 
 
 # Reads need no BEGIN/COMMIT on PostgreSQL: under READ COMMITTED each statement has its
@@ -205,7 +206,7 @@ async def time_limit(conn: AsyncConnection, seconds: float) -> AsyncIterator[Non
         yield
     finally:
         if not conn.invalidated:  # a lost connection's settings and info are gone with it
-            del conn.info[PLAIN]
+            conn.info.pop(PLAIN, None)
             if not local:
                 await conn.execute(_NO_TIME_LIMIT)
 

@@ -11,7 +11,7 @@ from httpx import AsyncClient
 from sqlalchemy import select, text, update
 
 from app.core.accounts.users import Users, users
-from app.core.db import begin, connect
+from app.core.db import begin, connect, engine
 from app.core.http import install
 from tests.helpers import API3, API8, PASSWORD, MakeUser, encode_cursor, fetch, pg_only
 
@@ -122,6 +122,8 @@ async def test_a_value_the_database_refuses_is_fastapis_422() -> None:
             await conn.execute(update(users).where(users.c.id == n).values(full_name="x"))
 
     transport = httpx.ASGITransport(app=app)
+    pool = engine.sync_engine.pool
+    pool_invalidated = pool._invalidate_time  # a lost server invalidates every connection
     refused = [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
     async with AsyncClient(transport=transport, base_url="http://test") as bare:
         assert (await bare.get("/cast", params={"n": 7})).json() == 7
@@ -133,3 +135,4 @@ async def test_a_value_the_database_refuses_is_fastapis_422() -> None:
             assert (r.status_code, r.json()) == (422, {"detail": refused}), path
     held = "SELECT count(*) FROM pg_locks WHERE relation = 'user'::regclass"
     assert (await fetch(held))[0][0] == 0
+    assert pool._invalidate_time == pool_invalidated  # only the refused value's connection
