@@ -159,6 +159,12 @@ def unavailable(detail: str = "Service temporarily unavailable", retry: int = 5)
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry)})
 
 
+def invalid(msg: str, loc: list[str]) -> JSONResponse:
+    """A 422 in FastAPI's own list shape, for one value."""
+    detail = [{"type": "value_error", "loc": loc, "msg": msg}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def answer(conn: Request | WebSocket, response: JSONResponse) -> JSONResponse | None:
     """`response`, or for a socket, which an HTTP answer cannot reach once accepted, a close
     that means the same: 1012 for a 503 (come back later and catch up), 1008 for the rest.
@@ -191,9 +197,8 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
 
     @app.exception_handler(DomainError)
     async def domain_error(conn: Request | WebSocket, exc: DomainError) -> JSONResponse | None:
-        if isinstance(exc, Invalid):  # FastAPI's own 422 list
-            detail: Any = [{"type": "value_error", "loc": exc.loc, "msg": exc.detail}]
-            return await answer(conn, JSONResponse({"detail": detail}, status_code=422))
+        if isinstance(exc, Invalid):
+            return await answer(conn, invalid(exc.detail, exc.loc))
         headers = dict(exc.headers or {})
         if exc.retry_after:
             headers["Retry-After"] = str(exc.retry_after)
@@ -253,8 +258,7 @@ def install(app: FastAPI, upload_paths: Collection[str] = ()) -> None:
         # A value past what a column holds (SQLSTATE class 22; SQLAlchemy's asyncpg
         # dialect raises it as a plain DBAPIError): the client's mistake.
         if isinstance(exc, DataError) or state.startswith("22"):
-            detail = [{"type": "value_error", "loc": [], "msg": "A value is out of range"}]
-            return await answer(conn, JSONResponse({"detail": detail}, status_code=422))
+            return await answer(conn, invalid("A value is out of range", []))
         # SQLite's OperationalError also means a bad statement: only a lock is capacity.
         operational = isinstance(exc, OperationalError | InterfaceError) and (
             "sqlite" not in type(exc.orig).__module__ or "locked" in str(exc.orig)
