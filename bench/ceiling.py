@@ -5,12 +5,13 @@ Per request it does what the app must do, and nothing more: verify the HS256 bea
 (signature, alg, exp, type; stdlib hmac instead of python-jose), load the caller's row and
 check token_version and the "regular" scope (app/core/deps.py, Bearer), run the app's own
 SQL (below) on prepared statements, one round trip each and in the app's order, and answer
-the same JSON. A page: the thread (membership), the messages (the membership asked again),
-then their reactions, mentions and attachments, one statement each even when they find
-nothing. A send (a plain message, as the bench's are): one statement for the sender's send
-count (the rate limit), the thread's row lock and version, the sender's membership's lock,
-the message (stamped no earlier than the thread's last) and the sender's read marker,
-committed as it runs; then a NOTIFY of the `message.created` event in the app's wire format.
+the same JSON. A page: the messages (the membership asked in the same statement; the thread
+asked only when there are none), then their reactions, mentions and attachments, one
+statement each even when they find nothing. A send (a plain message, as the bench's are):
+one statement for the sender's send count (the rate limit), the thread's row lock and
+version, the sender's membership's lock, the message (stamped no earlier than the thread's
+last) and the sender's read marker, committed as it runs; then a NOTIFY of the
+`message.created` event in the app's wire format.
 
 It loads the caller's row on every request: the app remembers it per process
 (app.core.accounts.tokens.Callers, kept right by LISTEN), which a plain asyncpg app has
@@ -94,9 +95,10 @@ MEMBERS_SQL = (  # ... and their members
     "WHERE membership.thread_id = ANY($1::integer[]) AND membership.deleted = false "
     "ORDER BY membership.id"
 )
-MEMBER_SQL = (
+MEMBER_SQL = (  # Messages' reader: a live thread, the caller a live member
+    "AND (EXISTS (SELECT * FROM thread WHERE thread.id = $1::INTEGER AND thread.deleted = false "
     "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = $1::INTEGER "
-    "AND membership.user_id = $2::INTEGER AND membership.deleted = false)) "
+    "AND membership.user_id = $2::INTEGER AND membership.deleted = false)))) "
 )
 MESSAGE_COLUMNS = (
     "message.id, message.created_at, message.updated_at, message.thread_id, "
@@ -104,7 +106,7 @@ MESSAGE_COLUMNS = (
     "message.reply_to_id"
 )
 # GET .../messages: the newest page, on the (thread_id, id) index, the caller's membership
-# asked again in the page's own statement
+# asked in the page's own statement (MemberThread's, only when the page is empty)
 NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
     "AND message.deleted = false "
@@ -295,13 +297,12 @@ async def list_messages(scope: dict[str, Any], thread_id: int) -> tuple[int, Any
     before = query_int(scope, "before", None, 2**31 - 1)
     async with pool.acquire() as con:
         user = await current_user(con, claims)
-        thread = await con.fetchrow(MEMBER_THREAD_SQL, thread_id, user["id"])
-        if thread is None:
-            raise HTTPError(404, "Thread not found")
         if before is None:
-            rows = await con.fetch(NEWEST_SQL, thread["id"], user["id"], limit + 1)
+            rows = await con.fetch(NEWEST_SQL, thread_id, user["id"], limit + 1)
         else:
-            rows = await con.fetch(BEFORE_SQL, thread["id"], user["id"], before, limit + 1)
+            rows = await con.fetch(BEFORE_SQL, thread_id, user["id"], before, limit + 1)
+        if not rows and await con.fetchrow(MEMBER_THREAD_SQL, thread_id, user["id"]) is None:
+            raise HTTPError(404, "Thread not found")
         page = [message_out(m) for m in rows[:limit][::-1]]
         ids = [m["id"] for m in page]
         # The app fills in a page's extras with one statement each (Messages.filled).

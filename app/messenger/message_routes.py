@@ -73,14 +73,14 @@ async def send_message(
 async def list_messages(
     db: ReadDb,
     user: CurrentUser,
-    thread: MemberThread,
+    thread_id: Id,
     limit: Limit = 50,
     before: Id | None = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> MessagePage:
     if before is not None and after is not None:
         raise Invalid("before", "Give before or after, not both", where="query")
-    return await Messages(db).page(thread.id, user.id, limit, before, after)
+    return await Messages(db).page(thread_id, user.id, limit, before, after)
 
 
 @router.get(
@@ -90,10 +90,8 @@ async def list_messages(
     description="404 when it is deleted or not in this thread (a message a reply answers "
     "may be either).",
 )
-async def read_message(
-    db: ReadDb, user: CurrentUser, thread: MemberThread, message_id: Id
-) -> MessageOut:
-    return await Messages(db).one(thread.id, message_id, user.id)
+async def read_message(db: ReadDb, user: CurrentUser, thread_id: Id, message_id: Id) -> MessageOut:
+    return await Messages(db).one(thread_id, message_id, user.id)
 
 
 @router.patch(

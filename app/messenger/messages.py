@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, String, any_, bindparam, select, update
+from sqlalchemy import Integer, String, any_, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -47,10 +47,15 @@ this_thread = (
     else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
 
-# What a member reads is checked again in the read's own statement: on PostgreSQL the check
-# before it (MemberThread) has a snapshot of its own, and a member removed in between would
-# read what was written after.
-reader = is_member(bindparam("thread_id"), bindparam("user_id"))
+# Who may read is asked in the read's own statement (a live thread, the caller a live
+# member): one round trip, and no gap between a check and the read in which a member
+# removed would still read what was written after. Only a read that finds nothing asks
+# the thread whether it may be seen at all (404), or is empty.
+reader = exists().where(
+    threads.c.id == bindparam("thread_id"),
+    live(threads),
+    is_member(bindparam("thread_id"), bindparam("user_id")),
+)
 
 
 class Messages(Repository[MessageOut]):
@@ -194,20 +199,23 @@ class Messages(Repository[MessageOut]):
         return None if message is None else (await self.filled([message], 0))[0]
 
     async def one(self, thread_id: int, message_id: int, user_id: int) -> MessageOut:
-        """A live message of the thread, as `user_id`, a member, sees it."""
+        """A live message of the thread, as `user_id` sees it: NotFound unless a member."""
         params = {"thread_id": thread_id, "id": message_id, "user_id": user_id}
         if (message := await self.first(self._read, **params)) is None:
+            await Threads(self.conn).visible(thread_id, user_id)
             raise NotFound("Message not found")
         return (await self.filled([message], user_id))[0]
 
     async def page(
         self, thread_id: int, user_id: int, limit: int, before: int | None, after: int | None
     ) -> MessagePage:
-        """`limit` messages, oldest first: the newest, those just before or just after an id."""
+        """`limit` messages, oldest first: the newest, those just before or just after an id;
+        NotFound unless `user_id` is a member."""
         params = {"thread_id": thread_id, "user_id": user_id, "id": before or after}
         params["limit"] = limit + 1
         stmt = self._after if after is not None else self._before if before else self._newest
-        rows = await self.all(stmt, **params)
+        if not (rows := await self.all(stmt, **params)):
+            await Threads(self.conn).visible(thread_id, user_id)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
         items = await self.filled(page, user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)

@@ -38,6 +38,7 @@ def thread_routes(tid: int, mid: int, uid: int, owner_id: int) -> list[tuple[str
         ("DELETE", f"/api/threads/{tid}/members/{owner_id}", None),
         ("POST", f"/api/threads/{tid}/read", {"message_id": mid}),
         ("GET", f"/api/threads/{tid}/messages", None),
+        ("GET", f"/api/threads/{tid}/messages/{mid}", None),
         ("POST", f"/api/threads/{tid}/messages", {"body": "x"}),
         ("PATCH", f"/api/threads/{tid}/messages/{mid}", {"body": "x"}),
         ("DELETE", f"/api/threads/{tid}/messages/{mid}", None),

@@ -82,6 +82,7 @@ async def test_create_thread_with_bad_members_is_422(
 async def test_rename_and_delete_are_owner_only(client: AsyncClient, make_user: MakeUser) -> None:
     owner, member = await make_user(), await make_user()
     thread = await new_thread(client, owner, member)
+    message = await send(client, member, thread["id"])
     url = f"/api/threads/{thread['id']}"
     assert (await client.patch(url, json={"title": "x"}, headers=member.headers)).status_code == 403
     assert (await client.delete(url, headers=member.headers)).status_code == 403
@@ -89,8 +90,9 @@ async def test_rename_and_delete_are_owner_only(client: AsyncClient, make_user: 
     assert r.status_code == 200 and r.json()["title"] == "Renamed"
     assert (await client.get(url, headers=member.headers)).json()["title"] == "Renamed"
     assert (await client.delete(url, headers=owner.headers)).status_code == 204
-    for user in (owner, member):
-        assert (await client.get(url, headers=user.headers)).status_code == 404
+    for user in (owner, member):  # its messages too: the memberships stay behind it
+        for seen in (url, f"{url}/messages", f"{url}/messages/{message['id']}"):
+            assert (await client.get(seen, headers=user.headers)).status_code == 404, seen
         assert (await client.get("/api/threads", headers=user.headers)).json()["items"] == []
     [(deleted,)] = await fetch("SELECT deleted FROM thread WHERE id = :id", id=thread["id"])
     assert deleted
