@@ -11,7 +11,7 @@ REQUESTS = Counter("http_requests_total", "Requests served", ["method", "route",
 LATENCY = Histogram(
     "http_request_duration_seconds",
     "Time to answer a request",
-    ["method", "route"],
+    ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WEBSOCKETS = Gauge("websockets_open", "WebSockets connected to this process")

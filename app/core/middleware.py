@@ -81,7 +81,7 @@ class RequestLog:
                 # Labels from a fixed set only: a client's invented methods make no series.
                 method = scope["method"] if scope["method"] in METHODS else "other"
                 metrics.REQUESTS.labels(method, route, code or 500).inc()
-                metrics.LATENCY.labels(method, route).observe(elapsed)
+                metrics.LATENCY.labels(method, route, code or 500).observe(elapsed)
             fields = {
                 "request_id": request_id,
                 "method": scope.get("method", "WS"),
