@@ -3,9 +3,9 @@ edits, deletion, reactions (the changes feed is in app.messenger.feeds)."""
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Integer, String, any_, bindparam, exists, select, update
+from sqlalchemy import Integer, Select, String, any_, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -37,24 +37,23 @@ messages, threads, memberships = table(Message), table(Thread), table(Membership
 MINUTE = timedelta(seconds=60)
 columns = [c for c in messages.c if c.name != "deleted"]
 of_thread = messages.c.thread_id == bindparam("thread_id")
-# History pages order by (thread_id, id), the one index that fits every page shape. On
-# PostgreSQL the thread is named as `= ANY(ARRAY[:id])`: with a plain `=` the planner drops
-# the known thread_id from the order and may walk the primary key backwards instead,
-# filtering out every newer message of other threads (10 ms for a quiet big thread).
-this_thread = (
-    of_thread
-    if settings.is_sqlite
-    else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
-)
-
 # Who may read is asked in the read's own statement (a live thread, the caller a live
-# member): one round trip, and no gap between a check and the read in which a member
-# removed would still read what was written after. Only a read that finds nothing asks
-# the thread whether it may be seen at all (404), or is empty.
+# member): one round trip, and no gap in which a member removed after a check would read
+# what was written after. A read that finds nothing asks again (Messages._nothing).
 reader = exists().where(
     threads.c.id == bindparam("thread_id"),
     live(threads),
     is_member(bindparam("thread_id"), bindparam("user_id")),
+)
+# History pages order by (thread_id, id), the one index that fits every page shape. On
+# PostgreSQL the thread is named as `= ANY(ARRAY[:id])`: with a plain `=` the planner may
+# walk the primary key backwards instead, filtering out every newer message of other
+# threads (10 ms for a quiet big thread). SQLite tests `reader` on every row it scans (not
+# once): the thread is the key only for a reader, or an outsider's 404 would walk it all.
+this_thread = (
+    messages.c.thread_id == select(bindparam("thread_id")).where(reader).scalar_subquery()
+    if settings.is_sqlite
+    else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
 )
 
 
@@ -91,6 +90,10 @@ class Messages(Repository[MessageOut]):
     )
     _one = select(*columns).where(of_thread, live(messages), messages.c.id == bindparam("id"))
     _read = _one.where(reader)
+    # Whether the caller may read the thread and a read finds nothing there: one statement.
+    _empty: ClassVar[dict[Any, Select[Any]]] = {
+        read: select(reader & ~read.exists()) for read in (_newest, _before, _after, _read)
+    }
 
     async def send(
         self, thread_id: int, author_id: int, new: MessageCreate
@@ -202,7 +205,7 @@ class Messages(Repository[MessageOut]):
         """A live message of the thread, as `user_id` sees it: NotFound unless a member."""
         params = {"thread_id": thread_id, "id": message_id, "user_id": user_id}
         if (message := await self.first(self._read, **params)) is None:
-            await Threads(self.conn).visible(thread_id, user_id)
+            await self._nothing(self._read, params)
             raise NotFound("Message not found")
         return (await self.filled([message], user_id))[0]
 
@@ -215,10 +218,17 @@ class Messages(Repository[MessageOut]):
         params["limit"] = limit + 1
         stmt = self._after if after is not None else self._before if before else self._newest
         if not (rows := await self.all(stmt, **params)):
-            await Threads(self.conn).visible(thread_id, user_id)
+            await self._nothing(stmt, params)
         page = rows[:limit] if after is not None else rows[:limit][::-1]
         items = await self.filled(page, user_id)
         return MessagePage(items=items, has_more=len(rows) > limit)
+
+    async def _nothing(self, read: Select[Any], params: dict[str, Any]) -> None:
+        """`read` found nothing: NotFound unless the thread is the caller's to read and there
+        is nothing there, asked in one statement (a caller made a member since `read` ran
+        was none when it read, and must not be shown an empty thread)."""
+        if not (await fetch(self.conn, self._empty[read], params)).rows[0][0]:
+            raise NotFound("Thread not found")
 
     async def _message(self, thread_id: int, message_id: int, field: str = "") -> MessageOut:
         """A live message of the thread; else NotFound, or Invalid(`field`) for one named in

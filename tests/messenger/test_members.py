@@ -12,9 +12,11 @@ from sqlalchemy import text
 
 from app.core.db import engine
 from app.main import app
+from app.messenger.messages import Messages
 from tests.helpers import (
     API1,
     API3,
+    ON_SQLITE,
     MakeUser,
     User,
     fetch,
@@ -70,6 +72,42 @@ async def test_outsiders_and_removed_members_get_the_same_404_as_missing(
     assert r.json()["title"] == "t" and len(r.json()["members"]) == 1
     r = await client.get(f"/api/threads/{thread['id']}/messages", headers=owner.headers)
     assert len(r.json()["items"]) == 1
+
+
+@pytest.mark.skipif(not ON_SQLITE, reason="about SQLite's plans")
+async def test_an_outsiders_page_walks_none_of_the_thread(
+    client: AsyncClient, make_user: MakeUser
+) -> None:
+    """SQLite tests a condition on every row it scans: were the thread scanned before the
+    404, its time would tell an outsider how big it is. Counted in SQLite's VM steps."""
+    owner, outsider = await make_user(), await make_user()
+    small, big = (await new_thread(client, owner))["id"], (await new_thread(client, owner))["id"]
+    first = await send(client, owner, big)
+    copies = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+        "INSERT INTO message (created_at, updated_at, deleted, thread_id, author_id, body, "
+        "version) SELECT created_at, updated_at, deleted, thread_id, author_id, body, "
+        "version + i FROM message, n WHERE message.id = :id"
+    )
+    ticks: list[int] = []
+
+    def tick() -> int:  # every 100 steps; 0: go on
+        ticks.append(1)
+        return 0
+
+    steps = []
+    async with engine.connect() as conn:
+        await conn.execute(text(copies), {"id": first["id"]})
+        await conn.commit()
+        raw = (await conn.get_raw_connection()).driver_connection
+        await raw.set_progress_handler(tick, 100)  # type: ignore[union-attr]
+        for thread_id in (small, big):
+            params = {"thread_id": thread_id, "user_id": outsider["id"], "limit": 51}
+            before = len(ticks)
+            assert (await conn.execute(Messages._newest, params)).all() == []
+            steps.append(len(ticks) - before)
+        await raw.set_progress_handler(None, 100)  # type: ignore[union-attr]
+    assert steps[1] <= steps[0] + 2, steps  # 3,000 messages walked: hundreds more
 
 
 @API1
