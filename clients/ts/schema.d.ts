@@ -4041,8 +4041,8 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                message_id: number;
                 thread_id: number;
+                message_id: number;
             };
             cookie?: never;
         };
