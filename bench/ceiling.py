@@ -97,7 +97,7 @@ MEMBERS_SQL = (  # ... and their members
 )
 MEMBER_SQL = (  # Messages' reader: a live thread, the caller a live member
     "AND (EXISTS (SELECT * FROM thread WHERE thread.id = $1::INTEGER AND thread.deleted = false "
-    "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = $1::INTEGER "
+    "AND (EXISTS (SELECT * FROM membership WHERE membership.thread_id = thread.id "
     "AND membership.user_id = $2::INTEGER AND membership.deleted = false)))) "
 )
 MESSAGE_COLUMNS = (
@@ -109,15 +109,14 @@ MESSAGE_COLUMNS = (
 # asked in the page's own statement (MemberThread's, only when the page is empty)
 NEWEST_SQL = (
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
-    "AND message.deleted = false "
     + MEMBER_SQL
-    + "ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
+    + "AND message.deleted = false ORDER BY message.thread_id DESC, message.id DESC LIMIT $3"
 )
 BEFORE_SQL = (  # GET .../messages?before=: an older page
     f"SELECT {MESSAGE_COLUMNS} FROM message WHERE message.thread_id = ANY (ARRAY[$1::INTEGER]) "
-    "AND message.deleted = false "
     + MEMBER_SQL
-    + "AND message.id < $3 ORDER BY message.thread_id DESC, message.id DESC LIMIT $4"
+    + "AND message.deleted = false AND message.id < $3 "
+    + "ORDER BY message.thread_id DESC, message.id DESC LIMIT $4"
 )
 REACTIONS_SQL = (  # ... the page's reactions, one row per emoji of each message
     "SELECT reaction.message_id, reaction.emoji, count(*) AS uses, max(CASE WHEN "

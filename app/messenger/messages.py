@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Integer, Select, String, any_, bindparam, exists, select, update
+from sqlalchemy import Integer, Select, String, and_, any_, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -29,7 +29,7 @@ from app.messenger.message_send import send_statement
 from app.messenger.reactions import Reactions
 from app.messenger.settings import messenger_settings
 from app.messenger.thread_models import Membership, Thread
-from app.messenger.threads import Threads, is_member
+from app.messenger.threads import Threads, readable
 from app.messenger.uploads import Uploads
 
 M = TypeVar("M", bound=MessageOut)
@@ -40,20 +40,20 @@ of_thread = messages.c.thread_id == bindparam("thread_id")
 # Who may read is asked in the read's own statement (a live thread, the caller a live
 # member): one round trip, and no gap in which a member removed after a check would read
 # what was written after. A read that finds nothing asks again (Messages._nothing).
-reader = exists().where(
-    threads.c.id == bindparam("thread_id"),
-    live(threads),
-    is_member(bindparam("thread_id"), bindparam("user_id")),
-)
-# History pages order by (thread_id, id), the one index that fits every page shape. On
-# PostgreSQL the thread is named as `= ANY(ARRAY[:id])`: with a plain `=` the planner may
-# walk the primary key backwards instead, filtering out every newer message of other
-# threads (10 ms for a quiet big thread). SQLite tests `reader` on every row it scans (not
-# once): the thread is the key only for a reader, or an outsider's 404 would walk it all.
-this_thread = (
+reader = exists().where(*readable(bindparam("thread_id"), bindparam("user_id")))
+# A history page's thread, for a reader only. Pages order by (thread_id, id), the one
+# index that fits every page shape. On PostgreSQL the thread is named as `= ANY(ARRAY[:id])`:
+# with a plain `=` the planner may walk the primary key backwards instead, filtering out
+# every newer message of other threads (10 ms for a quiet big thread); `reader` runs once.
+# SQLite tests such a condition on every row it scans: the thread is the key only for a
+# reader, or an outsider's 404 would first walk it all.
+readers_thread = (
     messages.c.thread_id == select(bindparam("thread_id")).where(reader).scalar_subquery()
     if settings.is_sqlite
-    else messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())]))
+    else and_(
+        messages.c.thread_id == any_(postgresql.array([bindparam("thread_id", type_=Integer())])),
+        reader,
+    )
 )
 
 
@@ -82,7 +82,7 @@ class Messages(Repository[MessageOut]):
         messages.c.author_id == bindparam("author_id"),
         messages.c.client_id == bindparam("client_id"),
     )
-    _history = select(*columns).where(this_thread, live(messages), reader).limit(bindparam("limit"))
+    _history = select(*columns).where(readers_thread, live(messages)).limit(bindparam("limit"))
     _newest = _history.order_by(messages.c.thread_id.desc(), messages.c.id.desc())
     _before = _newest.where(messages.c.id < bindparam("id"))
     _after = _history.where(messages.c.id > bindparam("id")).order_by(

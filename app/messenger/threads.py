@@ -42,6 +42,11 @@ def is_member(thread_id: Any, user_id: Any) -> Any:
     return exists().where(of.thread_id == thread_id, of.user_id == user_id, live(memberships))
 
 
+def readable(thread_id: Any, user_id: Any) -> list[Any]:
+    """Who may read a thread: it is live, and the user a live member of it."""
+    return [threads.c.id == thread_id, live(threads), is_member(threads.c.id, user_id)]
+
+
 activity = func.coalesce(threads.c.last_message_at, threads.c.created_at)
 columns = [c for c in threads.c if c.name != "deleted"]
 
@@ -49,11 +54,7 @@ columns = [c for c in threads.c if c.name != "deleted"]
 class Threads(Repository[ThreadRow]):
     table, row = threads, ThreadRow
 
-    _visible = (
-        select(*columns)
-        .where(threads.c.id == bindparam("id"), live(threads))
-        .where(is_member(threads.c.id, bindparam("user_id")))
-    )
+    _visible = select(*columns).where(*readable(bindparam("id"), bindparam("user_id")))
     _mine = (
         select(
             *columns,
